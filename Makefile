@@ -1,0 +1,48 @@
+# daelab: every target does its own set-up on a fresh machine (idempotent).
+#   make reproduce   the whole study into runs/study (the main job)
+#   make test        the test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DAELAB := $(VENV)/bin/daelab
+DATA_DIR ?= /usr/share/datasets/fashion-mnist
+TORCH ?= torch==2.13.0
+
+.PHONY: setup data browser test reproduce quick train benchmark lint clean
+
+setup: $(VENV)/.installed data
+
+# torch first (the CPU build on local disk), then the project with its dev extras.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+data:
+	@bash scripts/ensure-system-packages.sh data
+
+browser:
+	@bash scripts/ensure-system-packages.sh browser
+
+test: setup browser
+	$(PY) -m pytest -q
+
+reproduce: setup
+	$(DAELAB) reproduce --run-dir runs/study
+
+quick: setup
+	$(DAELAB) reproduce --quick --run-dir runs/quick
+
+train: setup
+	$(DAELAB) train
+
+benchmark: setup
+	$(PY) benchmarks/bench_train.py
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

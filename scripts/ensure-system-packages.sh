@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install the Debian packages daelab needs, only when missing:
+#   data     dataset-fashion-mnist (the four IDX files in /usr/share/datasets/fashion-mnist)
+#   browser  chromium (the report's browser test)
+# As root it installs them; otherwise it prints the exact command to run and carries on.
+set -u
+what=${1:?usage: ensure-system-packages.sh data|browser}
+case "$what" in
+  data)
+    [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && exit 0
+    [ -n "${DAELAB_DATA:-}" ] && [ -d "$DAELAB_DATA" ] && exit 0
+    pkg=dataset-fashion-mnist ;;
+  browser)
+    command -v chromium >/dev/null 2>&1 && exit 0
+    pkg=chromium ;;
+  *) echo "unknown: $what" >&2; exit 2 ;;
+esac
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian package $pkg ..."
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -q "$pkg" >/tmp/daelab-apt.log 2>&1; then
+    apt-get update -q >>/tmp/daelab-apt.log 2>&1
+    apt-get install -y -q "$pkg" >>/tmp/daelab-apt.log 2>&1 || {
+      echo "could not install $pkg (see /tmp/daelab-apt.log)" >&2
+      exit 0; }
+  fi
+else
+  echo "missing Debian package $pkg: run  sudo apt-get update && sudo apt-get install -y $pkg" >&2
+  exit 0
+fi

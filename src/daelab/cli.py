@@ -1,0 +1,145 @@
+"""The ``daelab`` command line: a thin layer of argparse over the library.
+
+Each subcommand parses its flags, calls one library function, and prints what it did. Errors the
+user can cause end as ``daelab: error: <what> (<hint>)`` on stderr with exit code 2 (usage/input)
+or 1 (runtime); ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from daelab import __version__
+from daelab.config import add_dataclass_args, build_config, from_jsonable, read_config_file
+from daelab.errors import ConfigError, DaelabError
+
+log = logging.getLogger("daelab")
+
+# Settings that may change when a run is resumed; everything else is the checkpoint's.
+RESUMABLE = {"epochs", "device", "threads", "data_dir", "checkpoint_every", "early_stopping"}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):  # our helps already say their defaults
+        return action.help
+
+
+# ------------------------------------------------------------------------------------ train
+def _add_train(sub) -> None:
+    from daelab.models import ModelConfig
+    from daelab.train import TrainConfig
+    p = sub.add_parser("train", formatter_class=_Formatter, help="train a denoising autoencoder",
+                       description="Train a DAE. The defaults reproduce the study: the 784-512-512-256-196 MLP, "
+                                   "Adam 1e-3, MSE, batch 256, 100 epochs, noise gaussian:0.1, validated on the "
+                                   "noisy test set.",
+                       epilog="examples:\n  daelab train --epochs 2 --subset 5000\n"
+                              "  daelab train --config my.toml --run-dir runs/exp1\n"
+                              "  daelab train --resume runs/exp1 --epochs 150")
+    p.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/<timestamp>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint (may raise --epochs)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML/YAML/JSON file with [train] and [model] settings; explicit flags win")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dataclass_args(p.add_argument_group("training"), TrainConfig)
+    add_dataclass_args(p.add_argument_group("model"), ModelConfig)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from daelab.checkpoint import LAST, load_checkpoint
+    from daelab.models import ModelConfig
+    from daelab.runs import default_run_dir
+    from daelab.train import TrainConfig, fit
+    file_values = read_config_file(args.config) if args.config else None
+    if args.resume:
+        if args.run_dir and args.run_dir != args.resume:
+            raise ConfigError("--resume and --run-dir name different directories", "give only --resume RUN_DIR")
+        state = load_checkpoint(Path(args.resume) / LAST)
+        given = {k for k, v in vars(args).items() if v is not None} - {"func", "command", "config", "resume",
+                                                                         "run_dir", "no_progress", "debug",
+                                                                         "verbose", "quiet"}
+        fixed = given - RESUMABLE
+        if fixed:
+            raise ConfigError(f"cannot change {', '.join(sorted(fixed))} when resuming",
+                              f"only {', '.join(sorted(RESUMABLE))} may change; start a new run for the rest")
+        model_config = from_jsonable(ModelConfig, state["model_config"])
+        train_values = dict(state["train_config"])
+        train_values.update({k: getattr(args, k) for k in given})
+        config = from_jsonable(TrainConfig, train_values)
+        run_dir = Path(args.resume)
+    else:
+        config = build_config(TrainConfig, file_values, args, "train")
+        model_config = build_config(ModelConfig, file_values, args, "model")
+        run_dir = args.run_dir or default_run_dir()
+    result = fit(model_config, config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if result["history"]:
+        last = result["history"][-1]
+        print(f"trained {result['epochs_run']} epochs into {run_dir}: final val_loss {last['val_loss']:.5f}, "
+              f"best {result['best_val_loss']:.5f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- summary
+def _add_summary(sub) -> None:
+    from daelab.models import ModelConfig
+    p = sub.add_parser("summary", formatter_class=_Formatter, help="print a model's layer table",
+                       description="Print a Keras-like summary (layer, output shape, parameters, totals) of a "
+                                   "registered model, or of the model in a run directory.")
+    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory (default: build from the flags)")
+    add_dataclass_args(p.add_argument_group("model"), ModelConfig)
+    p.set_defaults(func=_run_summary)
+
+
+def _run_summary(args) -> int:
+    from daelab.models import ModelConfig, build_model, format_summary
+    if args.run_dir:
+        from daelab.runs import load_model
+        model, _ = load_model(args.run_dir)
+    else:
+        model = build_model(build_config(ModelConfig, None, args, "model"))
+    print(format_summary(model))
+    return 0
+
+
+COMMANDS = [_add_train, _add_summary]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="daelab", formatter_class=_Formatter,
+                                     description="daelab: train denoising autoencoders, denoise with them, and "
+                                                 "measure honestly what their features are worth.")
+    parser.add_argument("--version", action="version", version=f"daelab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from tqdm.contrib.logging import logging_redirect_tqdm
+    try:
+        with logging_redirect_tqdm() if sys.stderr.isatty() else contextlib.nullcontext():
+            return args.func(args)
+    except DaelabError as exc:
+        if args.debug:
+            raise
+        print(f"daelab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("daelab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

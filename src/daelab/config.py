@@ -1,0 +1,141 @@
+"""Configuration plumbing: dataclass configs <-> argparse flags <-> TOML/YAML files.
+
+Each config dataclass declares its fields once, with a ``help`` in the field metadata; this module
+turns those fields into flags, reads an optional ``--config`` file (TOML or YAML, sections named
+after the config, e.g. ``[train]`` and ``[model]``, or flat), and resolves the final values with
+explicit flags winning over the file and the file over the defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from daelab.errors import ConfigError
+
+
+def _base_type(tp):
+    """The scalar type behind ``X | None`` / ``Optional[X]`` and the element type of ``tuple[X, ...]``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    if origin is tuple:
+        return ("tuple", typing.get_args(tp)[0])
+    return tp
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls, skip=()) -> None:
+    """Add one flag per field of ``cls``; defaults are left as ``None`` so we can tell what was given."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        tp = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f.metadata.get("help", "")
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{help_text} (default: {shown})"
+        kwargs: dict = {"default": None, "help": help_text, "dest": f.name}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if tp is bool:
+            parser.add_argument(_flag(f), action=argparse.BooleanOptionalAction, **kwargs)
+        elif isinstance(tp, tuple):
+            elem = tp[1]
+            parser.add_argument(_flag(f), type=lambda s, elem=elem: tuple(elem(v) for v in s.split(",") if v),
+                                metavar="A,B,...", **kwargs)
+        else:
+            parser.add_argument(_flag(f), type=tp, metavar=f.metadata.get("metavar", tp.__name__.upper()), **kwargs)
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """Read a TOML, YAML or JSON config file into a dict, with clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    text = path.read_bytes()
+    try:
+        if path.suffix == ".toml":
+            values = tomllib.loads(text.decode("utf-8"))
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+            values = yaml.safe_load(text.decode("utf-8")) or {}
+        elif path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: unknown format", "use .toml, .yaml, .yml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the user's file, reported in one line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"config file {path} is not valid: {first}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings, not {type(values).__name__}")
+    return values
+
+
+def _coerce(cls, name: str, value):
+    tp = _base_type(typing.get_type_hints(cls)[name])
+    if value is None:
+        return None
+    try:
+        if isinstance(tp, tuple):
+            if isinstance(value, str):
+                value = value.split(",")
+            return tuple(tp[1](v) for v in value)
+        if tp is bool and not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, tp):
+            raise ValueError(f"expected {tp.__name__}")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}={value!r}: {exc}") from None
+
+
+def build_config(cls, file_values: dict | None, args: argparse.Namespace | None, section: str):
+    """Defaults <- ``file_values[section]`` (or flat keys) <- explicit flags; returns ``cls(...)``."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    values: dict = {}
+    if file_values:
+        scoped = file_values.get(section, {})
+        if not isinstance(scoped, dict):
+            raise ConfigError(f"config section [{section}] must be a table")
+        flat = {k: v for k, v in file_values.items() if not isinstance(v, dict)}
+        for key, value in {**flat, **scoped}.items():
+            key = key.replace("-", "_")
+            if key in names:
+                values[key] = _coerce(cls, key, value)
+            elif key in scoped:
+                raise ConfigError(f"unknown setting {key!r} in [{section}]", f"valid: {', '.join(sorted(names))}")
+    if args is not None:
+        for name in names:
+            given = getattr(args, name, None)
+            if given is not None:
+                values[name] = given
+    return cls(**values)
+
+
+def to_jsonable(config) -> dict:
+    """A dataclass config as a plain dict (tuples become lists) for JSON files and checkpoints."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+def from_jsonable(cls, values: dict):
+    """Inverse of :func:`to_jsonable`; unknown keys are an error."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)} for {cls.__name__}")
+    return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})

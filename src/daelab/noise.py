@@ -1,0 +1,159 @@
+"""Noise models: the corruptions a DAE learns to undo and is judged on.
+
+A noise model is a small object built from a spec string ``name:level`` (``gaussian:0.1``,
+``uniform:0.2``, ``salt_pepper:0.1``, ``masking:0.25``). Calling it on a clean batch with a
+``torch.Generator`` returns a new noisy tensor clipped to [0, 1]; ``apply_`` does the same in a
+buffer the caller owns, which is what the training loop uses so no batch allocates.
+
+Reading of the study's "P value": the study evaluates "uniform noise of intensity P" without
+giving its formula. daelab reads it as additive uniform noise ``clip(x + U(-P, P), 0, 1)``, the
+uniform counterpart of its Gaussian training noise ``clip(x + 0.1 * N(0, 1), 0, 1)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from daelab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Base class. ``level`` is the one number of the spec; subclasses define what it means."""
+
+    level: float
+    name: ClassVar[str] = ""
+    max_level: ClassVar[float] = 1.0
+    meaning: ClassVar[str] = ""
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.level:g}"
+
+    @property
+    def nominal_std(self) -> float:
+        """Standard deviation of the noise before clipping (what an oracle denoiser is told)."""
+        raise NotImplementedError
+
+    def __call__(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A noisy copy of ``clean`` (any shape, values in [0, 1]), clipped to [0, 1]."""
+        return self.apply_(clean, torch.empty_like(clean), generator)
+
+    def apply_(self, clean: torch.Tensor, out: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Write the noisy version of ``clean`` into ``out`` (same shape) and return ``out``."""
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+@dataclass(frozen=True)
+class Gaussian(NoiseModel):
+    name: ClassVar[str] = "gaussian"
+    max_level: ClassVar[float] = 1.0
+    meaning: ClassVar[str] = "clip(x + s * N(0, 1), 0, 1), s in [0, 1] (the study's training noise, s = 0.1)"
+
+    @property
+    def nominal_std(self) -> float:
+        return self.level
+
+    def apply_(self, clean, out, generator=None):
+        return out.normal_(0.0, self.level, generator=generator).add_(clean).clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Uniform(NoiseModel):
+    name: ClassVar[str] = "uniform"
+    max_level: ClassVar[float] = 1.0
+    meaning: ClassVar[str] = "clip(x + U(-P, P), 0, 1), P in [0, 1] (the study's evaluation noise)"
+
+    @property
+    def nominal_std(self) -> float:
+        return self.level / math.sqrt(3.0)
+
+    def apply_(self, clean, out, generator=None):
+        return out.uniform_(-self.level, self.level, generator=generator).add_(clean).clamp_(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SaltPepper(NoiseModel):
+    name: ClassVar[str] = "salt_pepper"
+    max_level: ClassVar[float] = 1.0
+    meaning: ClassVar[str] = "a fraction p in [0, 1] of pixels set to 0 or 1 with equal odds"
+
+    @property
+    def nominal_std(self) -> float:
+        # Each hit moves a pixel by at most 1; for images mostly near 0 or 1 the spread is ~sqrt(p/2).
+        return math.sqrt(self.level / 2.0)
+
+    def apply_(self, clean, out, generator=None):
+        draw = torch.rand(clean.shape, generator=generator, dtype=out.dtype, device=out.device)
+        out.copy_(clean)
+        out.masked_fill_(draw < self.level / 2.0, 0.0)
+        return out.masked_fill_((draw >= self.level / 2.0) & (draw < self.level), 1.0)
+
+
+@dataclass(frozen=True)
+class Masking(NoiseModel):
+    name: ClassVar[str] = "masking"
+    max_level: ClassVar[float] = 1.0
+    meaning: ClassVar[str] = "a fraction p in [0, 1] of pixels set to 0 (Vincent et al.'s masking noise)"
+
+    @property
+    def nominal_std(self) -> float:
+        return math.sqrt(self.level) * 0.5
+
+    def apply_(self, clean, out, generator=None):
+        draw = torch.rand(clean.shape, generator=generator, dtype=out.dtype, device=out.device)
+        out.copy_(clean)
+        return out.masked_fill_(draw < self.level, 0.0)
+
+
+NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.name: cls for cls in (Gaussian, Uniform, SaltPepper, Masking)}
+
+
+def valid_specs() -> str:
+    return "; ".join(f"{name}:LEVEL = {cls.meaning}" for name, cls in NOISE_MODELS.items())
+
+
+def make_noise(name: str, level: float) -> NoiseModel:
+    """Build a noise model by registry name; unknown names and out-of-range levels raise ConfigError."""
+    cls = NOISE_MODELS.get(name.strip().lower().replace("-", "_"))
+    if cls is None:
+        raise ConfigError(f"unknown noise model {name!r}", f"valid: {', '.join(NOISE_MODELS)}")
+    if not (isinstance(level, (int, float)) and math.isfinite(level) and 0.0 <= level <= cls.max_level):
+        raise ConfigError(f"noise level {level!r} out of range for {cls.name}", cls.meaning)
+    return cls(float(level))
+
+
+def parse_noise_list(spec: str) -> list[NoiseModel]:
+    """Parse ``name:l1,l2,...`` or several of those joined by ``;`` or spaces into noise models.
+
+    ``"uniform:0.05,0.1"`` -> [Uniform(0.05), Uniform(0.1)];
+    ``"gaussian:0.1;masking:0.25"`` -> [Gaussian(0.1), Masking(0.25)].
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError("empty noise spec", f"write NAME:LEVEL; {valid_specs()}")
+    models = []
+    for group in spec.replace(";", " ").split():
+        name, sep, levels = group.partition(":")
+        if not sep or not levels:
+            raise ConfigError(f"noise spec {group!r} has no level", f"write NAME:LEVEL; {valid_specs()}")
+        for text in levels.split(","):
+            try:
+                level = float(text)
+            except ValueError:
+                raise ConfigError(f"noise level {text!r} in {group!r} is not a number", valid_specs()) from None
+            models.append(make_noise(name, level))
+    return models
+
+
+def parse_noise(spec: str) -> NoiseModel:
+    """Parse one ``name:level`` spec into a noise model."""
+    models = parse_noise_list(spec)
+    if len(models) != 1:
+        raise ConfigError(f"expected one noise spec, got {len(models)} in {spec!r}")
+    return models[0]

@@ -1,0 +1,151 @@
+"""Run directories: where a training run keeps its config, checkpoints, metrics and figures.
+
+Layout of a run directory::
+
+    config.json        resolved model and training config (written before the first epoch)
+    last.pt, best.pt   checkpoints (see daelab.checkpoint); best by validation loss
+    metrics.jsonl      one JSON row per epoch: epoch, train_loss, val_loss, epoch_seconds, ...
+    tensorboard/       TensorBoard event files (train/loss, val/loss, ...)
+    loss_curve.png     train vs validation loss
+    train.lock         present while a process trains into the directory
+
+Later stages (evaluate, probe, report) read from here and write their own files beside these.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+
+from daelab.checkpoint import BEST, LAST, atomic_write, load_checkpoint
+from daelab.config import from_jsonable
+from daelab.errors import CheckpointError, RunLockedError, UsageError
+from daelab.models import ModelConfig, build_model
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = "train.lock"
+
+
+def default_run_dir(root: str | os.PathLike = "runs") -> Path:
+    """``runs/<timestamp>`` (local time, to the second)."""
+    return Path(root) / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def write_json(path: str | os.PathLike, values) -> None:
+    """Write JSON atomically (so a reader never sees half a file)."""
+    text = json.dumps(values, indent=2, sort_keys=False, default=str) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def read_json(path: str | os.PathLike):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from None
+
+
+def write_metrics(run_dir: str | os.PathLike, history: list[dict]) -> None:
+    """Rewrite ``metrics.jsonl`` from the full history (kept in the checkpoint, so resume never duplicates rows)."""
+    text = "".join(json.dumps(row) + "\n" for row in history)
+    atomic_write(Path(run_dir) / METRICS_FILE, lambda handle: handle.write(text.encode()))
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RunLock:
+    """An exclusive lock file on a run directory that a crashed process does not leave stuck.
+
+    The file holds ``host pid``; a lock whose process is gone (same host) is taken over.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.held = False
+
+    def _owner_alive(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()
+            pid = int(pid)
+        except (OSError, ValueError):
+            return False
+        if host != socket.gethostname():
+            return True  # cannot check another machine's processes: assume alive
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def acquire(self) -> "RunLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._owner_alive():
+                    owner = self.path.read_text().strip()
+                    raise RunLockedError(f"{self.path.parent} is in use by another training process ({owner})",
+                                         f"wait for it to finish, or use another --run-dir; remove {self.path} "
+                                         "only if that process is gone") from None
+                self.path.unlink(missing_ok=True)  # stale: its process died
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+            self.held = True
+            return self
+        raise RunLockedError(f"could not lock {self.path.parent}")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
+    """Path of the ``best`` or ``last`` checkpoint of a run (``best`` falls back to ``last``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} not found", "train one first with 'daelab train'")
+    names = {"best": [BEST, LAST], "last": [LAST]}.get(which)
+    if names is None:
+        raise UsageError(f"unknown checkpoint {which!r}", "use 'best' or 'last'")
+    for name in names:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise CheckpointError(f"no checkpoint in {run_dir}", "train into it first with 'daelab train --run-dir'")
+
+
+def load_model(run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"):
+    """The trained model of a run directory, in eval mode, and its checkpoint dict.
+
+    Returns
+    -------
+    (model, checkpoint) : the ``nn.Module`` on ``device`` and the loaded checkpoint state.
+    """
+    state = load_checkpoint(checkpoint_path(run_dir, which))
+    model = build_model(from_jsonable(ModelConfig, state["model_config"]))
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint in {run_dir} does not fit its model config: {str(exc)[:200]}") from None
+    return model.to(device).eval(), state
