@@ -76,7 +76,8 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None) ->
                               f"not a daelab checkpoint or a tampered one; {first[:120]}") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}", "the file is corrupt or truncated") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}",
+                              "the file is corrupt or truncated") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a daelab checkpoint")
     version = state.get("version")

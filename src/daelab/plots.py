@@ -9,7 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_loss_curves(history: list[dict], path: str | os.PathLike, title: str = "DAE reconstruction loss (MSE)") -> None:
+def plot_loss_curves(history: list[dict], path: str | os.PathLike,
+                     title: str = "DAE reconstruction loss (MSE)") -> None:
     """Train vs validation loss per epoch, like the study's TensorBoard plot (log-scale y)."""
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)

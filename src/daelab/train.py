@@ -9,8 +9,8 @@ is drawn in place into another: no DataLoader, no per-batch allocation on the da
 Randomness is explicit: the sample order of epoch e is a permutation drawn from ``seed + e`` (the
 same on every rank, like ``DistributedSampler.set_epoch``); one ``torch.Generator`` seeded
 ``seed + rank`` draws the training noise; dropout uses the global generator, seeded once; both
-generator states go into every checkpoint. The validation set's noise is drawn once from its own generator, so every epoch and
-every run of the same seed is judged on the same noisy images.
+generator states go into every checkpoint. The validation set's noise is drawn once from its own
+generator, so every epoch and every run of the same seed is judged on the same noisy images.
 """
 from __future__ import annotations
 
@@ -23,14 +23,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from daelab import distributed as dist
 from daelab.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from daelab.config import from_jsonable, to_jsonable
+from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError, TrainingError, TrainingInterrupted
 from daelab.models import ModelConfig, build_model
@@ -346,9 +345,10 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
                 bar.close()
                 train_loss = dist.all_reduce_mean(epoch_acc[0] / max(epoch_acc[1], 1), ctx)
                 val_loss = evaluate_loss(model, data.val_noisy, data.val_clean)
-                if not (math.isfinite(train_loss) and math.isfinite(val_loss)) or not _params_finite(model):
+                if not (math.isfinite(train_loss) and math.isfinite(val_loss)) or not _params_healthy(model):
                     raise TrainingError(f"training diverged in epoch {epoch + 1} (train loss {train_loss:.4g}, "
-                                        f"validation loss {val_loss:.4g})",
+                                        f"validation loss {val_loss:.4g}, weights non-finite or past "
+                                        f"{DIVERGED_WEIGHT:g})",
                                         f"the last good checkpoint is kept in {run_dir}; try a lower --lr")
                 seconds = dist.all_reduce_max(epoch_acc[2], ctx)
                 row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "epoch_seconds": seconds,
@@ -382,8 +382,14 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
             "final_val_loss": history[-1]["val_loss"] if history else None, "history": history}
 
 
-def _params_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+# Healthy DAEs keep weights of order 1; a run whose weights pass this has blown up even where BatchNorm
+# and the sigmoid keep its loss finite (Adam at lr 1e3 does exactly that).
+DIVERGED_WEIGHT = 1e3
+
+
+@torch.no_grad()
+def _params_healthy(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) and float(p.abs().max()) < DIVERGED_WEIGHT for p in model.parameters())
 
 
 def _epochs_since_best(history: list[dict]):

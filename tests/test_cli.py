@@ -1,0 +1,84 @@
+"""The command line end to end on a tiny dataset: train, resume, summary, and one-line errors."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from daelab.cli import main
+
+
+@pytest.fixture(scope="module")
+def npz_data(tmp_path_factory, tiny_dataset):
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    d = tiny_dataset
+    np.savez(path, x_train=d.train_images, y_train=d.train_labels, x_test=d.test_images, y_test=d.test_labels)
+    return path
+
+
+def test_train_then_resume_via_cli(tmp_path, npz_data, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data-dir", str(npz_data), "--run-dir", str(run), "--batch-size", "100", "--no-progress"]
+    assert main(args + ["--epochs", "1", "--subset", "300"]) == 0
+    assert "trained 1 epochs" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["subset"] == 300 and config["model"]["code_dim"] == 196
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"epoch", "train_loss", "val_loss", "epoch_seconds"} <= set(rows[0])
+    # changing the architecture on resume is refused in one line
+    assert main(["train", "--resume", str(run), "--code-dim", "32"]) == 2
+    assert "cannot change code_dim" in capsys.readouterr().err
+
+
+def test_config_file_and_flags_win(tmp_path, npz_data):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\nepochs = 1\nbatch_size = 50\nsubset = 200\n[model]\ncode_dim = 32\n')
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--batch-size", "100", "--data-dir", str(npz_data),
+                 "--run-dir", str(run), "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["batch_size"] == 100 and config["train"]["epochs"] == 1
+    assert config["model"]["code_dim"] == 32
+
+
+@pytest.mark.parametrize("argv,words,code", [
+    (["train", "--noise", "poisson:0.1"], "unknown noise model", 2),
+    (["train", "--model", "nope"], "unknown model 'nope'", 2),
+    (["train", "--epochs", "0"], "epochs must be >= 1", 2),
+    (["train", "--data-dir", "/nonexistent"], "no dataset there", 2),
+    (["train", "--config", "/nonexistent.toml"], "not found", 2),
+    (["summary", "/nonexistent-run"], "not found", 2),
+])
+def test_one_line_errors(argv, words, code, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("daelab: error:") and words in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = ")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "not valid" in capsys.readouterr().err
+    unknown = tmp_path / "u.yaml"
+    unknown.write_text("train:\n  epoch: 3\n")
+    assert main(["train", "--config", str(unknown)]) == 2
+    assert "unknown setting 'epoch'" in capsys.readouterr().err
+
+
+def test_summary_and_help(capsys):
+    assert main(["summary"]) == 0
+    assert "Total params: 1,438,676" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--epochs" in out and "(default: 100)" in out and "--noise" in out
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "daelab", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("daelab ")

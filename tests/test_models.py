@@ -1,0 +1,45 @@
+"""Shapes per registered model and the study's parameter counts."""
+import pytest
+import torch
+
+from daelab.errors import ConfigError
+from daelab.models import MODELS, ModelConfig, build_model, example_input, format_summary, summary_rows
+
+
+def test_study_parameter_counts():
+    model = build_model(ModelConfig())
+    _, totals = summary_rows(model)
+    assert totals == {"total": 1_438_676, "trainable": 1_434_580, "non_trainable": 4_096}
+    assert sum(p.numel() for p in model.parameters()) == 1_434_580
+    table = format_summary(model)
+    assert "Total params: 1,438,676" in table and "(None, 196)" in table
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_shapes_per_registered_model(name):
+    model = build_model(ModelConfig(name=name)).eval()
+    images = example_input(model, batch=3).uniform_()
+    with torch.no_grad():
+        codes = model.encode(images)
+    with torch.no_grad():
+        out = model(images)
+    assert out.shape == images.shape and codes.shape[0] == 3
+    assert torch.allclose(model.decode(codes), out)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_study_layers_and_init():
+    model = build_model(ModelConfig())
+    assert model.encoder[3].negative_slope == 0.3 and model.encoder[2].p == 0.2
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
+    bn = model.encoder[1]
+    assert bn.eps == 1e-3 and bn.momentum == pytest.approx(0.01)
+    weight = model.encoder[0].weight
+    assert abs(float(weight.std()) - 0.05) < 0.002 and float(model.encoder[0].bias.abs().max()) == 0
+
+
+def test_unknown_model_lists_valid():
+    with pytest.raises(ConfigError, match="valid: .*mlp"):
+        build_model(ModelConfig(name="transformer"))
+    with pytest.raises(ConfigError, match="dropout"):
+        ModelConfig(dropout=1.5)

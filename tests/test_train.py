@@ -1,0 +1,96 @@
+"""Training: the loss falls, resume equals an uninterrupted run, non-finite losses stop the run."""
+import json
+
+import pytest
+import torch
+
+from daelab.checkpoint import LAST, load_checkpoint, save_checkpoint
+from daelab.errors import CheckpointError, RunLockedError, TrainingError
+from daelab.models import ModelConfig
+from daelab.runs import RunLock, load_model, read_metrics
+from daelab.train import TrainConfig, fit
+
+SMALL = dict(batch_size=64, seed=3)
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / LAST)["model"]
+
+
+def test_two_epochs_lower_the_loss_and_write_the_run(tmp_path, tiny_dataset):
+    result = fit(ModelConfig(), TrainConfig(epochs=2, **SMALL), tmp_path, dataset=tiny_dataset, progress=False)
+    rows = read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["train_loss"] < rows[0]["train_loss"] and rows[1]["val_loss"] < rows[0]["val_loss"]
+    assert all(r["epoch_seconds"] > 0 for r in rows)
+    for name in ("config.json", "last.pt", "best.pt", "loss_curve.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 2
+    assert result["best_val_loss"] == min(r["val_loss"] for r in rows)
+    model, state = load_model(tmp_path)
+    assert not model.training and state["epoch"] == 2
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_dataset):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    fit(ModelConfig(), TrainConfig(epochs=3, **SMALL), straight, dataset=tiny_dataset, progress=False)
+    fit(ModelConfig(), TrainConfig(epochs=1, **SMALL), split, dataset=tiny_dataset, progress=False)
+    fit(ModelConfig(), TrainConfig(epochs=3, **SMALL), split, dataset=tiny_dataset, progress=False, resume=True)
+    a, b = _weights(straight), _weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_metrics(straight)[-1]["val_loss"] == read_metrics(split)[-1]["val_loss"]
+    assert [r["epoch"] for r in read_metrics(split)] == [1, 2, 3]
+
+
+def test_resume_mid_epoch_checkpoints_equal_uninterrupted(tmp_path, tiny_dataset):
+    """Checkpoints written every 3 steps: resuming from a mid-epoch one reaches the same weights."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    config = TrainConfig(epochs=2, checkpoint_every=3, **SMALL)
+    fit(ModelConfig(), config, straight, dataset=tiny_dataset, progress=False)
+    fit(ModelConfig(), config, split, dataset=tiny_dataset, progress=False)
+    # roll `split` back to a mid-epoch checkpoint: train 1 epoch + 3 steps, then resume
+    state = load_checkpoint(split / LAST)
+    assert state["epoch"] == 2 and state["epoch_step"] == 0
+    partial = tmp_path / "partial"
+    fit(ModelConfig(), TrainConfig(epochs=1, checkpoint_every=3, **SMALL), partial, dataset=tiny_dataset,
+        progress=False)
+    a = _weights(straight)
+    b = fit_resume = fit(ModelConfig(), config, partial, dataset=tiny_dataset, progress=False, resume=True)
+    assert fit_resume["epochs_run"] == 2
+    b = _weights(partial)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_dataset):
+    fit(ModelConfig(), TrainConfig(epochs=1, **SMALL), tmp_path, dataset=tiny_dataset, progress=False)
+    good = _weights(tmp_path)
+    bad = load_checkpoint(tmp_path / LAST)
+    bad["optimizer"]["param_groups"][0]["lr"] = float("nan")
+    bad.pop("format"), bad.pop("version")
+    save_checkpoint(tmp_path / LAST, bad)
+    with pytest.raises(TrainingError, match="non-finite|diverged"):
+        fit(ModelConfig(), TrainConfig(epochs=2, **SMALL), tmp_path, dataset=tiny_dataset, progress=False,
+            resume=True)
+    after = _weights(tmp_path)
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_diverging_lr_is_caught(tmp_path, tiny_dataset):
+    with pytest.raises(TrainingError, match="lower --lr"):
+        fit(ModelConfig(), TrainConfig(epochs=3, lr=1e3, **SMALL), tmp_path, dataset=tiny_dataset, progress=False)
+
+
+def test_run_lock_refuses_second_writer_and_recovers_stale(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(RunLockedError, match="in use"):
+            RunLock(tmp_path).acquire()
+    (tmp_path / "train.lock").write_text("%s 999999999\n" % __import__("socket").gethostname())
+    with RunLock(tmp_path) as lock:  # the owner pid does not exist: stale, taken over
+        assert lock.held
+
+
+def test_checkpoint_of_other_model_is_refused(tmp_path, tiny_dataset):
+    fit(ModelConfig(), TrainConfig(epochs=1, **SMALL), tmp_path, dataset=tiny_dataset, progress=False)
+    with pytest.raises(CheckpointError, match="not 'conv'"):
+        load_checkpoint(tmp_path / LAST, expect_model="conv")
