@@ -42,3 +42,10 @@ def tiny_run(tmp_path_factory, tiny_dataset):
     run_dir = tmp_path_factory.mktemp("tiny_run")
     fit(ModelConfig(), TrainConfig(epochs=2, batch_size=64, seed=0), run_dir, dataset=tiny_dataset, progress=False)
     return run_dir
+
+
+# tests import helper modules that live beside them (killharness)
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))

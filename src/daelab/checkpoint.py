@@ -70,10 +70,9 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None) ->
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"refused to load {path}: it holds objects other than tensors and plain data",
-                              f"not a daelab checkpoint or a tampered one; {first[:120]}") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"refused to load {path}: not plain tensors and data (corrupt, or it holds "
+                              "objects that would run code)", "only load checkpoints daelab wrote") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"cannot read checkpoint {path}: {first[:200]}",

@@ -84,10 +84,17 @@ def read_config_file(path: str | os.PathLike) -> dict:
     return values
 
 
+def _optional(tp) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
 def _coerce(cls, name: str, value):
-    tp = _base_type(typing.get_type_hints(cls)[name])
+    hint = typing.get_type_hints(cls)[name]
+    tp = _base_type(hint)
     if value is None:
-        return None
+        if _optional(hint):
+            return None
+        raise ConfigError(f"setting {name} cannot be empty")
     try:
         if isinstance(tp, tuple):
             if isinstance(value, str):

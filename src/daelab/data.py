@@ -182,18 +182,19 @@ def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y") -> tup
 
 
 def _check_images(images: np.ndarray, path) -> np.ndarray:
-    if images.ndim == 2:
+    if images.ndim == 2 and images.shape[1] > 0:
         side = int(round(np.sqrt(images.shape[1])))
         if side * side != images.shape[1]:
             raise DataError(f"{path}: flat images of {images.shape[1]} pixels are not square")
         images = images.reshape(len(images), side, side)
-    if images.ndim != 3 or images.shape[0] == 0:
+    if images.ndim != 3 or 0 in images.shape:
         raise DataError(f"{path}: expected images of shape (N, H, W) or (N, H*W), got {images.shape}")
     if images.dtype == np.uint8:
         return images
     if not np.issubdtype(images.dtype, np.floating) and not np.issubdtype(images.dtype, np.integer):
         raise DataError(f"{path}: images have dtype {images.dtype}", "use uint8 or float in [0, 1]")
-    images = images.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are reported just below
+        images = images.astype(np.float32)
     if not np.isfinite(images).all():
         raise DataError(f"{path}: images contain NaN or infinite values")
     if images.min() < 0 or images.max() > 1:

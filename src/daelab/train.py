@@ -31,7 +31,7 @@ from daelab import distributed as dist
 from daelab.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
-from daelab.errors import ConfigError, TrainingError, TrainingInterrupted
+from daelab.errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
 from daelab.runs import CONFIG_FILE, RunLock, write_json, write_metrics
@@ -271,7 +271,13 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
     if config.threads:
         torch.set_num_threads(config.threads)
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create run directory {run_dir}: {exc.strerror or exc}",
+                             "choose another --run-dir") from None
+        for stale in run_dir.glob(".*.pt.*.tmp"):  # temp files of checkpoint writes a crash cut short
+            stale.unlink(missing_ok=True)
     lock = RunLock(run_dir) if ctx.is_main else contextlib.nullcontext()
     with lock, StopSignals() as stop_event:
         state = load_checkpoint(run_dir / LAST, expect_model=model_config.name) if resume else None
