@@ -10,8 +10,10 @@ Choices, documented:
   of the world size and dealt out ``order[rank::world]`` (what ``DistributedSampler`` does), so all
   ranks take the same number of steps; noise is drawn from a generator seeded ``seed + rank``.
 - BatchNorm: by default each rank normalises with its own batch statistics and DDP broadcasts
-  rank 0's running statistics every step (so all ranks hold the same model); ``sync_bn=True``
-  converts to ``SyncBatchNorm`` to normalise over the global batch instead.
+  rank 0's running statistics at every forward, and once more after each epoch's last step (so all
+  ranks hold the same model); ``sync_bn=True``
+  converts to ``SyncBatchNorm`` to normalise over the global batch instead (GPUs only: PyTorch's
+  SyncBatchNorm has no CPU implementation).
 - only rank 0 writes files; metrics are averaged over ranks.
 """
 from __future__ import annotations
@@ -63,12 +65,30 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, sync_bn: bool = False) 
     """DDP-wrap ``model`` (converting BatchNorm to SyncBatchNorm if asked); unchanged when not distributed."""
     if not ctx.enabled:
         return model
+    on_gpu = ctx.device is not None and ctx.device.type == "cuda"
+    if sync_bn and not on_gpu:
+        from daelab.errors import ConfigError
+        raise ConfigError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only)",
+                          "drop --sync-bn on CPU: rank 0's running statistics are broadcast instead")
     from torch.nn.parallel import DistributedDataParallel
     if sync_bn:
         # converts the BatchNorm children in place (same Parameters), so ``model`` stays the inner module
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ids = [ctx.local_rank] if ctx.device is not None and ctx.device.type == "cuda" else None
+    ids = [ctx.local_rank] if on_gpu else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts them at the start of each forward, so after an epoch's last step each rank holds
+    its own update; this makes the ranks identical again before validation and checkpoints.
+    """
+    if not ctx.enabled:
+        return
+    import torch.distributed as td
+    for buffer in model.buffers():
+        td.broadcast(buffer, src=0)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -263,7 +263,8 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
 
     Returns
     -------
-    dict with ``epochs_run``, ``best_val_loss``, ``final_val_loss``, ``history`` and ``run_dir``.
+    dict with ``epochs_run``, ``best_val_loss``, ``final_val_loss``, ``history``, ``run_dir``, the
+    trained ``model`` (unwrapped, last epoch's weights), and this process's ``rank``/``world_size``.
     """
     run_dir = Path(run_dir)
     ctx = dist.init(config.device)
@@ -349,6 +350,7 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
                     if epoch_step < steps_per_epoch:
                         checkpoint([LAST])
                 bar.close()
+                dist.broadcast_buffers(model, ctx)
                 train_loss = dist.all_reduce_mean(epoch_acc[0] / max(epoch_acc[1], 1), ctx)
                 val_loss = evaluate_loss(model, data.val_noisy, data.val_clean)
                 if not (math.isfinite(train_loss) and math.isfinite(val_loss)) or not _params_healthy(model):
@@ -385,7 +387,8 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
             plot_loss_curves(history, run_dir / "loss_curve.png")
     dist.cleanup(ctx)
     return {"run_dir": str(run_dir), "epochs_run": len(history), "best_val_loss": best,
-            "final_val_loss": history[-1]["val_loss"] if history else None, "history": history}
+            "final_val_loss": history[-1]["val_loss"] if history else None, "history": history,
+            "model": model, "rank": ctx.rank, "world_size": ctx.world_size}
 
 
 # Healthy DAEs keep weights of order 1; a run whose weights pass this has blown up even where BatchNorm
