@@ -25,30 +25,35 @@ def _slug(spec: str) -> str:
     return spec.replace(":", "_")
 
 
-def _image_rows(axes, rows: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
-    """Draw ``rows`` of (label, images (k, H, W), R_loss (k,) or None) into a grid of axes."""
-    for r, (label, images, losses) in enumerate(rows):
-        for c in range(axes.shape[1]):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(images):
-                ax.imshow(images[c], cmap="gray", vmin=0.0, vmax=1.0)
-                if losses is not None:
-                    ax.set_title(f"{losses[c]:.4f}", fontsize=7)
-            else:
-                ax.axis("off")
-        axes[r, 0].set_ylabel(label, fontsize=8)
+def _image_row(ax, label: str, images: np.ndarray, losses: np.ndarray | None, n_cols: int) -> None:
+    """One row of images drawn as a single mosaic (one imshow per row keeps big grids fast)."""
+    height, width = images.shape[1:]
+    gap = 2
+    mosaic = np.ones((height, n_cols * (width + gap) - gap))  # white gaps between images
+    for c, image in enumerate(images[:n_cols]):
+        mosaic[:, c * (width + gap):c * (width + gap) + width] = image
+    ax.imshow(mosaic, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    if losses is not None:
+        for c, loss in enumerate(losses[:n_cols]):
+            ax.text(c * (width + gap) + width / 2, -1.5, f"{loss:.4f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
 
 
 def plot_examples(rows: list[tuple[str, np.ndarray, np.ndarray | None]], path: Path, title: str) -> None:
     """One figure of image rows (raw, noisy, denoised, ...), the R_loss of each image above it."""
     n_cols = max(len(images) for _, images, _ in rows)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.1 * n_cols + 0.6, 1.25 * len(rows) + 0.5),
-                             dpi=100, squeeze=False)
-    _image_rows(axes, rows)
+    row_height = 1.15
+    fig, axes = plt.subplots(len(rows), 1, figsize=(1.05 * n_cols + 1.6, row_height * len(rows) + 0.6), dpi=100,
+                             squeeze=False)
+    for ax, (label, images, losses) in zip(axes[:, 0], rows):
+        _image_row(ax, label, images, losses, n_cols)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=1.5 / (1.05 * n_cols + 1.6), right=0.99, top=1 - 0.5 / fig.get_figheight(),
+                        bottom=0.02, hspace=0.3)
     fig.savefig(path)
     plt.close(fig)
 
