@@ -33,4 +33,4 @@ for sigma in (0.05, 0.15):
     print(f"sigma {sigma}: noisy input {mean_psnr(clean, noisy):.2f} dB")
     for label, (values, fn) in grids.items():
         scores = [mean_psnr(clean, np.stack([fn(x, sigma, k) for x in noisy])) for k in values]
-        print(f"  {label}: " + ", ".join(f"{k}: {p:.2f}" for k, p in zip(values, scores)))
+        print(f"  {label}: " + ", ".join(f"{k}: {p:.2f}" for k, p in zip(values, scores, strict=True)))

@@ -12,8 +12,17 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from daelab.baselines import DENOISERS, Denoiser, resolve_denoisers
 from daelab.cli import main
 from daelab.errors import ConfigError
-from daelab.evaluate import (PSNR_CAP_DB, EvalConfig, draw_noisy, evaluate_run, image_metrics, noise_seed,
-                             psnr_from_mse, run_dae, ssim_per_image)
+from daelab.evaluate import (
+    PSNR_CAP_DB,
+    EvalConfig,
+    draw_noisy,
+    evaluate_run,
+    image_metrics,
+    noise_seed,
+    psnr_from_mse,
+    run_dae,
+    ssim_per_image,
+)
 from daelab.noise import parse_noise
 from daelab.stats import mean_ci
 
@@ -43,8 +52,8 @@ def test_constant_offset_has_known_mse_and_psnr():
 def test_psnr_and_ssim_match_scikit_image_per_image(images):
     noisy = np.clip(images + 0.1 * np.random.default_rng(2).standard_normal(images.shape), 0, 1)
     metrics = image_metrics(images, noisy)
-    expected_psnr = [peak_signal_noise_ratio(c, n, data_range=1.0) for c, n in zip(images, noisy)]
-    expected_ssim = [structural_similarity(c, n, data_range=1.0) for c, n in zip(images, noisy)]
+    expected_psnr = [peak_signal_noise_ratio(c, n, data_range=1.0) for c, n in zip(images, noisy, strict=True)]
+    expected_ssim = [structural_similarity(c, n, data_range=1.0) for c, n in zip(images, noisy, strict=True)]
     np.testing.assert_allclose(metrics["psnr"], expected_psnr, rtol=1e-10)
     np.testing.assert_allclose(metrics["ssim"], expected_ssim, atol=1e-10)
     # Chunk boundaries must not change anything: the strip trick works per image.
@@ -103,6 +112,13 @@ def test_unknown_denoiser_lists_the_valid_ones():
     assert "gaussian_blur" in str(info.value) and "tv" in str(info.value)
 
 
+def test_all_leaves_out_slow_methods_with_a_note():
+    chosen, skipped = resolve_denoisers("all")
+    assert [d.name for d in chosen] == ["gaussian_blur", "median", "wavelet", "nlm", "tv"]
+    assert [s["name"] for s in skipped] == ["bm3d"] and "name it" in skipped[0]["reason"]
+    assert resolve_denoisers("none") == ([], [])
+
+
 def test_missing_optional_package_is_skipped_with_a_note(monkeypatch):
     monkeypatch.setitem(DENOISERS, "needs_pkg", Denoiser("needs_pkg", lambda x, s: x, "-", "no_such_pkg_xyz"))
     chosen, skipped = resolve_denoisers("median,needs_pkg")
@@ -132,12 +148,13 @@ def evaluation(tiny_run, tiny_dataset):
         return image
 
     DENOISERS["spy"] = Denoiser("spy", spy, "identity (test)")
+    DENOISERS["capped"] = Denoiser("capped", lambda image, sigma: image, "identity on 5 images", max_images=5)
     try:
-        config = EvalConfig(noise="uniform:0.1,0.3", denoisers="spy,median", max_images=12, dae_max_images=50,
+        config = EvalConfig(noise="uniform:0.1,0.3", denoisers="spy,median,capped", max_images=12, dae_max_images=50,
                             robustness="gaussian:0.1;masking:0.25,0.5", examples=4)
         result = evaluate_run(tiny_run, config, dataset=tiny_dataset, progress=False)
     finally:
-        del DENOISERS["spy"]
+        del DENOISERS["spy"], DENOISERS["capped"]
     return result, np.stack(seen), config
 
 
@@ -151,8 +168,11 @@ def test_evaluation_json_holds_every_section(evaluation, tiny_run):
     assert on_disk["command"].startswith("daelab evaluate ")
     assert on_disk["n_images"] == {"dae": 50, "baselines": 12}
     level = on_disk["levels"][0]
-    assert set(level["subset"]["methods"]) == {"noisy", "dae", "spy@oracle", "spy@estimated",
-                                               "median@oracle", "median@estimated"}
+    assert set(level["subset"]["methods"]) == {"noisy", "dae", "spy@oracle", "spy@estimated", "median@oracle",
+                                               "median@estimated", "capped@oracle", "capped@estimated"}
+    # A capped (slow) method is scored, and its gain paired, on the head of the subsample only.
+    assert level["subset"]["methods"]["capped@oracle"]["psnr"]["n"] == 5
+    assert level["psnr_gain"]["capped@oracle"] == {"mean": 0.0, "std": 0.0, "lo": 0.0, "hi": 0.0, "n": 5}
     assert level["full"]["n"] == 50 and level["subset"]["n"] == 12
     for metric in ("mse", "psnr", "ssim"):
         assert set(level["full"]["methods"]["dae"][metric]) == {"mean", "std", "lo", "hi", "n"}

@@ -49,7 +49,7 @@ def plot_examples(rows: list[tuple[str, np.ndarray, np.ndarray | None]], path: P
     row_height = 1.15
     fig, axes = plt.subplots(len(rows), 1, figsize=(1.05 * n_cols + 1.6, row_height * len(rows) + 0.6), dpi=100,
                              squeeze=False)
-    for ax, (label, images, losses) in zip(axes[:, 0], rows):
+    for ax, (label, images, losses) in zip(axes[:, 0], rows, strict=True):
         _image_row(ax, label, images, losses, n_cols)
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=1.5 / (1.05 * n_cols + 1.6), right=0.99, top=1 - 0.5 / fig.get_figheight(),
