@@ -348,6 +348,13 @@ def format_markdown(evaluation: dict) -> str:
              f"seed {evaluation['seed']}; DAE on {evaluation['n_images']['dae']} test images, all methods on a "
              f"common subsample of {evaluation['n_images']['baselines'] or evaluation['n_images']['dae']}. "
              "Means with 95% t-intervals over images; gain = PSNR minus the noisy input's, same images.", ""]
+    table = evaluation["headline"]
+    if table["methods"]:
+        lines += ["## PSNR gain over the noisy input (dB; negative = the method makes images worse)", "",
+                  "| method | " + " | ".join(table["noise"]) + " |", "|---" * (len(table["noise"]) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join("-" if g is None else f"{g:+.2f}" for g in gains) + " |"
+                  for name, gains in zip(table["methods"], table["psnr_gain_db"], strict=True)]
+        lines.append("")
     if evaluation["skipped"]:
         lines += ["Skipped: " + "; ".join(f"{s['name']} ({s['reason']})" for s in evaluation["skipped"]), ""]
     for level in evaluation["levels"]:

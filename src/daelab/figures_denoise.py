@@ -69,13 +69,17 @@ def plot_psnr_gain(evaluation: dict, path: Path) -> None:
     levels = evaluation["levels"]
     x = np.arange(len(levels))
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    # One colour per method, solid for the oracle sigma and dashed for the estimated one.
+    bases = list(dict.fromkeys(name.split("@")[0] for name in evaluation["headline"]["methods"] if name != "dae"))
+    colours = {base: plt.get_cmap("tab10")(i % 10) for i, base in enumerate(bases)}
     for name in evaluation["headline"]["methods"]:
         stats = [lv["psnr_gain"].get(name) for lv in levels]
         mean = np.array([s["mean"] if s else np.nan for s in stats])
         lo = np.array([s["lo"] if s and s["lo"] is not None else np.nan for s in stats])
         hi = np.array([s["hi"] if s and s["hi"] is not None else np.nan for s in stats])
         style = {"color": "black", "linewidth": 2.5, "zorder": 3} if name == "dae" else \
-            {"linestyle": "--" if name.endswith("@estimated") else "-", "linewidth": 1.2}
+            {"linestyle": "--" if name.endswith("@estimated") else "-", "linewidth": 1.2,
+             "color": colours[name.split("@")[0]]}
         line, = ax.plot(x, mean, marker="o", markersize=3, label=name, **style)
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.axhline(0.0, color="red", linewidth=1, label="noisy input (no gain)")
@@ -107,7 +111,7 @@ def plot_robustness(robustness: dict, path: Path) -> None:
     for i, family in enumerate(families):
         for j, row in enumerate(by_family[family]):
             ax.text(j, i, f"{row['level']:g}\n{row['psnr_gain']['mean']:+.1f} dB", ha="center", va="center",
-                    fontsize=8, color="black")
+                    fontsize=8, color="white" if abs(row["psnr_gain"]["mean"]) > 0.6 * bound else "black")
     ax.set_yticks(range(len(families)), families)
     ax.set_xticks(range(n_cols), [f"level {j + 1}" for j in range(n_cols)])
     ax.set_title(f"DAE PSNR gain over the noisy input ({robustness['n']} test images)", fontsize=10)
