@@ -87,10 +87,13 @@ class EvalConfig:
 
 
 # ----------------------------------------------------------------------------------- metrics
-def mse_per_image(clean: np.ndarray, images: np.ndarray) -> np.ndarray:
+def mse_per_image(clean: np.ndarray, images: np.ndarray, chunk: int = 1000) -> np.ndarray:
     """Mean squared error of each image, (N, H, W) x (N, H, W) -> (N,) float64 (the study's R_loss)."""
-    diff = np.asarray(images, dtype=np.float64) - np.asarray(clean, dtype=np.float64)
-    return np.square(diff).reshape(len(diff), -1).mean(axis=1)
+    mse = np.empty(len(clean), dtype=np.float64)
+    for start in range(0, len(clean), chunk):  # in float64, a chunk at a time to keep memory flat
+        diff = np.asarray(images[start:start + chunk], dtype=np.float64) - clean[start:start + chunk]
+        mse[start:start + chunk] = np.square(diff).reshape(len(diff), -1).mean(axis=1)
+    return mse
 
 
 def psnr_from_mse(mse: np.ndarray, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
@@ -109,15 +112,13 @@ def ssim_per_image(clean: np.ndarray, images: np.ndarray, chunk: int = 1000) -> 
     neighbour). This is ~100x faster for 28 px images, where per-call overhead dominates.
     """
     from skimage.metrics import structural_similarity
-    clean = np.asarray(clean, dtype=np.float64)
-    images = np.asarray(images, dtype=np.float64)
     n, height, width = clean.shape
     pad = 3  # (win_size - 1) // 2 for scikit-image's default win_size 7
     scores = np.empty(n, dtype=np.float64)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        _, ssim_map = structural_similarity(clean[start:stop].reshape(-1, width), images[start:stop].reshape(-1, width),
-                                            data_range=1.0, full=True)
+        strips = [np.asarray(a[start:stop], dtype=np.float64).reshape(-1, width) for a in (clean, images)]
+        _, ssim_map = structural_similarity(*strips, data_range=1.0, full=True)
         tiles = ssim_map.reshape(stop - start, height, width)[:, pad:height - pad, pad:width - pad]
         scores[start:stop] = tiles.reshape(stop - start, -1).mean(axis=1)
     return scores
@@ -183,9 +184,9 @@ def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalCo
     (result, examples) : the JSON-ready result of this level, and the first ``config.examples``
     images of each method ((k, H, W) arrays plus their R_loss) for the figures.
     """
-    clean_np = clean.numpy().astype(np.float64)
+    clean_np = clean.numpy()  # float32 views; metrics and baselines compute in float64 per chunk
     noisy = draw_noisy(clean, noise, config.seed)
-    noisy_np = noisy.numpy().astype(np.float64)
+    noisy_np = noisy.numpy()
     denoised, dae_seconds = run_dae(model, noisy, config.batch_size)
     per_image = {"noisy": image_metrics(clean_np, noisy_np), "dae": image_metrics(clean_np, denoised)}
     result = {
@@ -199,7 +200,7 @@ def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalCo
 
     # The common subset: every method on the same n_subset images and the same noisy pixels.
     head = {name: {m: v[:n_subset] for m, v in values.items()} for name, values in per_image.items()}
-    clean_sub, noisy_sub = clean_np[:n_subset], noisy_np[:n_subset]
+    clean_sub, noisy_sub = clean_np[:n_subset].astype(np.float64), noisy_np[:n_subset].astype(np.float64)
     subset = {"noisy": summarise(head["noisy"]), "dae": summarise(head["dae"], dae_seconds * n_subset / len(clean))}
     if denoisers:
         # Oracle: the true std of this draw (clipping makes it smaller than the nominal one).
@@ -231,7 +232,7 @@ def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalCo
 def robustness_matrix(model, clean: torch.Tensor, noises: list[NoiseModel], config: EvalConfig,
                       progress: bool = True) -> dict:
     """PSNR/MSE of the noisy input and of the DAE for each noise family and level (no baselines)."""
-    clean_np = clean.numpy().astype(np.float64)
+    clean_np = clean.numpy()
     rows = []
     for noise in tqdm(noises, desc="robustness", leave=False, disable=not progress):
         noisy = draw_noisy(clean, noise, config.seed)
