@@ -50,7 +50,9 @@ class EvalConfig:
     noise: str = field(default=STUDY_LEVELS, metadata={"help": "noise specs to evaluate, NAME:L1,L2,...",
                                                        "metavar": "SPEC"})
     denoisers: str = field(default="all", metadata={"help": "classical baselines, comma-separated, or all/none "
-                                                            "(gaussian_blur, median, wavelet, nlm, tv, bm3d)",
+                                                            "(gaussian_blur, median, wavelet, nlm, tv; bm3d only "
+                                                            "when named: optional package, non-commercial "
+                                                            "licence, ~2 s/image, first 20 images)",
                                                     "metavar": "NAMES"})
     max_images: int = field(default=1000, metadata={"help": "score the baselines on a seeded subsample of this "
                                                             "many test images; 0 = all"})
