@@ -43,3 +43,23 @@ def test_unknown_model_lists_valid():
         build_model(ModelConfig(name="transformer"))
     with pytest.raises(ConfigError, match="dropout"):
         ModelConfig(dropout=1.5)
+
+
+def test_bit_dropout_statistics_and_eval_identity():
+    from daelab.models import BitDropout
+    layer = BitDropout(0.2)
+    x = torch.ones(400, 1000)
+    torch.manual_seed(0)
+    out = layer(x)
+    assert abs(float((out == 0).float().mean()) - 0.2) < 0.005
+    assert torch.allclose(out[out != 0], torch.tensor(1.25))
+    assert abs(float(out.mean()) - 1.0) < 0.01  # unbiased, like nn.Dropout
+    torch.manual_seed(0)
+    assert torch.equal(layer(x), out)  # reproducible from the global seed
+    layer.eval()
+    assert layer(x) is x
+    x.requires_grad_(True)
+    layer.train()
+    out = layer(x)
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # gradient passes through kept units only, scaled

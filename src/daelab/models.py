@@ -57,11 +57,32 @@ def build_model(config: ModelConfig | None = None) -> nn.Module:
     return MODELS[config.name](config)
 
 
+class BitDropout(nn.Dropout):
+    """Dropout whose keep-mask comes from 16 random bits per unit instead of a Bernoulli draw.
+
+    PyTorch's CPU ``bernoulli_`` costs ~25 ns per element, more than the layer's matrix product at
+    batch 256; four 16-bit draws per ``random_()`` int64 are ~6x cheaper. The drop probability is
+    rounded to a multiple of 2^-16 (0.2 -> 0.199997); kept units are scaled by 1 / (1 - p) exactly
+    as ``nn.Dropout`` does. Uses the global generator, like ``nn.Dropout``, so seeds and checkpoints
+    cover it.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return input
+        n = input.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=input.device).random_(-(2**63), None)
+        bits = bits.view(torch.int16)[:n].view(input.shape)
+        threshold = int(round(self.p * 65536)) - 32768  # int16 is uniform on [-32768, 32767]
+        keep = (bits >= threshold).to(input.dtype).mul_(1.0 / (1.0 - self.p))
+        return input * keep
+
+
 # Keras' BatchNormalization: momentum 0.99 (PyTorch's 0.01 for the new value), epsilon 1e-3.
 def _dense_block(n_in: int, n_out: int, config: ModelConfig, dropout: float) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out, eps=1e-3, momentum=0.01)]
     if dropout > 0:
-        layers.append(nn.Dropout(dropout))
+        layers.append(BitDropout(dropout))
     layers.append(nn.LeakyReLU(config.negative_slope))
     return layers
 
