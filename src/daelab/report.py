@@ -48,7 +48,7 @@ def judge(study_value: float, ours: dict | None, higher_is_better: bool) -> str:
     ours : a :func:`daelab.stats.mean_ci` dict (``mean``, ``lo``, ``hi``).
     higher_is_better : True for accuracies, False for losses.
     """
-    if not ours or ours.get("lo") is None or ours.get("hi") is None:
+    if not ours or ours.get("lo") is None or ours.get("hi") is None or ours.get("n", 2) < 2:
         return UNDETERMINED
     lo, hi = ours["lo"], ours["hi"]
     if lo <= study_value <= hi:
@@ -229,10 +229,15 @@ def _probe_section(probe: dict | None) -> list[Block]:
         return blocks + [Block("note", "Not run: probe.json is missing (run `daelab probe RUN_DIR`).")]
     data = probe.get("data", {})
     pct = int(round(100 * probe.get("level", 0.95)))
-    blocks.append(Block("p", f"{data.get('split', '')}. Seeds {probe.get('seeds')}; {pct}% t-intervals over seeds "
+    split = data.get("split", "")
+    blocks.append(Block("p", f"{split[:1].upper()}{split[1:]}. Seeds {probe.get('seeds')}; {pct}% t-intervals "
+                             "over seeds "
                              "(deterministic probes run once)."))
-    rows = [[r["feature"], r["probe"], f"{r['mean']:.4f}", "–" if r.get("std") is None else f"{r['std']:.4f}",
-             _ci(r, 4).partition(" ")[2] or "–", str(r["n"])] for r in probe.get("results", [])]
+    rows = []
+    for r in probe.get("results", []):
+        spread = r.get("n", 1) > 1  # a deterministic probe runs once: no spread, no interval
+        rows.append([r["feature"], r["probe"], f"{r['mean']:.4f}", f"{r['std']:.4f}" if spread else "–",
+                     _ci(r, 4).partition(" ")[2] if spread else "one run", str(r["n"])])
     blocks.append(Block("table", header=["features", "probe", "test accuracy", "std", f"{pct}% interval", "runs"],
                         rows=rows, align="llrrrr"))
     comparisons = probe.get("comparisons", [])
@@ -249,11 +254,11 @@ def _probe_section(probe: dict | None) -> list[Block]:
                                  f"(difference {h['mean']:+.4f}, {pct}% interval "
                                  f"[{h['lo']:+.4f}, {h['hi']:+.4f}])." if h.get("lo") is not None else
                                  f"**Verdict ({h['probe']}, {h['a']} vs {h['b']}): {h['verdict']}**."))
-    for key, caption in (("accuracy", "Test accuracy per feature set and probe, with the study's numbers."),
-                         ("confusion", "Confusion matrix of the best probe (rows: true class).")):
-        if probe.get("figures", {}).get(key):
-            blocks.append(Block("figure", caption, path=probe["figures"][key]))
-    return blocks
+    figures = [Block("figure", caption, path=probe["figures"][key]) for key, caption in (
+        ("accuracy", "Test accuracy per feature set and probe (mean and interval over seeds), with the study's "
+                     "numbers."),
+        ("confusion", "Confusion matrix of the best probe (rows: true class).")) if probe.get("figures", {}).get(key)]
+    return blocks + [Block("columns", "figures", children=figures)]
 
 
 def study_comparisons(evaluation: dict | None, probe: dict | None) -> list[dict]:
@@ -306,7 +311,8 @@ def _study_section(evaluation: dict | None, probe: dict | None, comparisons: lis
 def _run_section(config: dict | None, evaluation: dict | None, probe: dict | None, state: dict | None) -> list[Block]:
     blocks = [Block("section", "The run", id="run")]
     if state and state.get("stages"):
-        rows = [[name, s.get("status", "?"), _seconds(s.get("seconds")), s.get("finished", "–")]
+        rows = [[name, s.get("status", "?"), _seconds(s.get("seconds")),
+                 (s.get("finished") or "–")[:19].replace("T", " ")]
                 for name, s in state["stages"].items()]
         total = sum(s.get("seconds") or 0 for s in state["stages"].values())
         rows.append(["**total**", "", f"**{_seconds(total)}**", ""])
@@ -332,11 +338,12 @@ def _run_section(config: dict | None, evaluation: dict | None, probe: dict | Non
              ["probe", (probe or {}).get("seeds", "not run")]]
     blocks += [Block("h3", "Seeds"), Block("kv", rows=seeds)]
     config = config or {}
-    for title, values in (("Model config", config.get("model")), ("Training config", config.get("train")),
-                          ("Evaluation config", (evaluation or {}).get("config")),
-                          ("Probe config", (probe or {}).get("config"))):
-        if values:
-            blocks += [Block("h3", title), Block("kv", rows=[[k, v] for k, v in values.items()])]
+    configs = [Block("group", children=[Block("h3", title), Block("kv", rows=[[k, json.dumps(v)]
+                                                                               for k, v in values.items()])])
+               for title, values in (("Model config", config.get("model")), ("Training config", config.get("train")),
+                                     ("Evaluation config", (evaluation or {}).get("config")),
+                                     ("Probe config", (probe or {}).get("config"))) if values]
+    blocks.append(Block("columns", "figures", children=configs))
     if evaluation and evaluation.get("command"):
         blocks += [Block("p", "Evaluation command:"), Block("kv", rows=[["$", evaluation["command"]]])]
     return blocks
@@ -386,9 +393,10 @@ def _headline(config, metrics, evaluation, probe, comparisons) -> list[str]:
 
 def _banner(config: dict | None, state: dict | None) -> list[Block]:
     train = (config or {}).get("train", {})
+    images = f"{train['subset']:,}" if train.get("subset") else "all"
     if state and state.get("mode") == "quick":
         return [Block("banner", f"**Quick run.** This is `daelab reproduce --quick`: {train.get('epochs')} epochs on "
-                                f"{train.get('subset') or 'all'} training images, subsampled baselines and a "
+                                f"{images} training images, subsampled baselines and a "
                                 "shortened probe. Its numbers show the pipeline works; they are not the study "
                                 "reproduced. Run `daelab reproduce` for that.")]
     if config and (train.get("epochs") != STUDY_EPOCHS or train.get("subset")):

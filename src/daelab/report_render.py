@@ -25,7 +25,8 @@ class Block:
     ``table`` (``header``, ``rows``, ``align``: one of ``l``/``r`` per column, ``caption``),
     ``figure`` (``path`` relative to the run directory, ``text`` = caption), ``details`` (a
     collapsed group of ``children`` with ``text`` as its summary), ``columns`` (``children`` side by
-    side where the page is wide enough), ``group`` (``children`` stacked) and ``kv`` (``rows`` of key/value).
+    side where the page is wide enough; ``text`` = ``figures`` for equal columns), ``group``
+    (``children`` stacked) and ``kv`` (``rows`` of key/value).
     Text may use ``**bold**``.
     """
 
@@ -94,11 +95,14 @@ details { margin: 10px 0; }
 summary { cursor: pointer; color: var(--accent); font-family: -apple-system, "Segoe UI", Arial, sans-serif;
           font-size: 14px; }
 .columns { display: flex; flex-wrap: wrap; gap: 8px 40px; align-items: flex-start; }
-.columns .col { flex: 0 1 auto; min-width: 0; }
+.columns .col { flex: 0 1 auto; min-width: 0; max-width: 100%; }
+.columns .col:last-child { flex: 1 1 280px; }
+.columns.figures .col { flex: 1 1 420px; }
 code { font-family: "SFMono-Regular", Menlo, Consolas, monospace; font-size: 0.86em; background: var(--soft);
        padding: 1px 4px; border-radius: 3px; }
 .kv code { background: none; padding: 0; }
-.kv { display: grid; grid-template-columns: max-content 1fr; gap: 2px 18px; font-size: 13.5px; margin: 8px 0 14px; }
+.kv { display: grid; grid-template-columns: max-content minmax(0, 1fr); overflow-wrap: anywhere; gap: 2px 18px;
+      font-size: 13.5px; margin: 8px 0 14px; }
 .kv div:nth-child(odd) { color: var(--muted); }
 .kv code, td code { font-size: 12.5px; }
 .v-matched { color: var(--good); font-weight: 600; }
@@ -161,7 +165,7 @@ def _html_block(block: Block, run_dir: Path, counter: list[int]) -> str:
         return "<div>" + "".join(_html_block(child, run_dir, counter) for child in block.children) + "</div>"
     if kind == "columns":
         inner = "".join(f'<div class="col">{_html_block(child, run_dir, counter)}</div>' for child in block.children)
-        return f'<div class="columns">{inner}</div>'
+        return f'<div class="columns {block.text}">{inner}</div>'
     if kind == "kv":
         cells = "".join(f"<div>{_inline(k)}</div><div><code>{html.escape(str(v))}</code></div>" for k, v in block.rows)
         return f'<div class="kv">{cells}</div>'
