@@ -56,7 +56,8 @@ def test_reference_reports_psnr(tmp_path, conv_run, capsys):
     clean = rng.random((30, 30)).astype(np.float32)
     np.save(tmp_path / "clean.npy", clean)
     np.save(tmp_path / "noisy.npy", np.clip(clean + 0.1 * rng.standard_normal(clean.shape), 0, 1).astype(np.float32))
-    assert main(["denoise", str(conv_run), str(tmp_path / "noisy.npy"), "--reference", str(tmp_path / "clean.npy")]) == 0
+    args = ["denoise", str(conv_run), str(tmp_path / "noisy.npy"), "--reference", str(tmp_path / "clean.npy")]
+    assert main(args) == 0
     assert "dB (denoised)" in capsys.readouterr().out
 
 

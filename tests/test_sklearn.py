@@ -11,9 +11,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from daelab.sklearn import DenoisingAutoencoder
-
 from conftest import make_synthetic
+from daelab.sklearn import DenoisingAutoencoder
 
 
 def small(**kwargs) -> DenoisingAutoencoder:

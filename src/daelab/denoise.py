@@ -105,7 +105,8 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int = 256, ov
     for top in rows:
         for left in cols:
             patch = image[top:top + tile, left:left + tile]
-            out = model(torch.from_numpy(np.ascontiguousarray(patch))[None, None].to(device))[0, 0].float().cpu().numpy()
+            batch = torch.from_numpy(np.ascontiguousarray(patch))[None, None].to(device)  # (1, 1, h, w)
+            out = model(batch)[0, 0].float().cpu().numpy()
             h, w = patch.shape
             weights = np.outer(_ramp(h, overlap, top > 0, top + h < height),
                                _ramp(w, overlap, left > 0, left + w < width))
@@ -216,6 +217,10 @@ def _denoise_array(model, array: np.ndarray, tile: int, overlap: int) -> np.ndar
     return np.stack([denoise_image(model, image, tile, overlap) for image in array])
 
 
+def _flatten(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([arrays[key].ravel() for key in sorted(arrays)])
+
+
 def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_dir: str | os.PathLike | None = None,
                   overwrite: bool = False, add_noise: str | None = None, reference: str | os.PathLike | None = None,
                   seed: int = 0, tile: int = 256, overlap: int = 32) -> list[dict]:
@@ -290,10 +295,8 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
                   "shape": {key: list(value.shape) for key, value in given.items()},
                   "psnr_input": None, "psnr_denoised": None}
         if clean is not None:
-            keys = sorted(clean)
-            stack = lambda arrays: np.concatenate([arrays[k].ravel() for k in keys])  # noqa: E731
-            result["psnr_input"] = psnr(stack(given), stack(clean))
-            result["psnr_denoised"] = psnr(stack(denoised), stack(clean))
+            result["psnr_input"] = psnr(_flatten(given), _flatten(clean))
+            result["psnr_denoised"] = psnr(_flatten(denoised), _flatten(clean))
         results.append(result)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

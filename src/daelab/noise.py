@@ -112,7 +112,27 @@ class Masking(NoiseModel):
         return out.masked_fill_(draw < self.level, 0.0)
 
 
-NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.name: cls for cls in (Gaussian, Uniform, SaltPepper, Masking)}
+@dataclass(frozen=True)
+class GaussianRange(NoiseModel):
+    """Gaussian noise whose std is drawn per image: trains one blind denoiser for a range of levels."""
+
+    name: ClassVar[str] = "gaussian_range"
+    max_level: ClassVar[float] = 1.0
+    meaning: ClassVar[str] = ("clip(x + s * N(0, 1), 0, 1) with s ~ U(0, S) drawn per image, S in [0, 1] "
+                              "(training a blind denoiser)")
+
+    @property
+    def nominal_std(self) -> float:
+        return self.level / math.sqrt(3.0)  # the rms std over the range
+
+    def apply_(self, clean, out, generator=None):
+        stds = torch.rand((len(clean),) + (1,) * (clean.dim() - 1), generator=generator, dtype=out.dtype,
+                          device=out.device)
+        return out.normal_(0.0, 1.0, generator=generator).mul_(stds * self.level).add_(clean).clamp_(0.0, 1.0)
+
+
+NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.name: cls for cls in (Gaussian, Uniform, SaltPepper, Masking,
+                                                                        GaussianRange)}
 
 
 def valid_specs() -> str:
