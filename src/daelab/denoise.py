@@ -211,9 +211,16 @@ def _write(path: Path, images: dict[str, np.ndarray], dtypes: dict[str, np.dtype
         atomic_write(path, lambda handle: picture.save(handle, format=fmt))
 
 
-def _denoise_array(model, array: np.ndarray, tile: int, overlap: int) -> np.ndarray:
+@torch.inference_mode()
+def _denoise_array(model, array: np.ndarray, tile: int, overlap: int, batch_size: int = 1024) -> np.ndarray:
     if array.ndim == 2:
         return denoise_image(model, array, tile, overlap)
+    model.eval()
+    if model.input_layout == "flat":  # a stack of small images: batch it rather than loop
+        device = next(model.parameters()).device
+        flat = torch.from_numpy(np.ascontiguousarray(array)).reshape(len(array), -1)
+        outputs = [model(flat[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(flat), batch_size)]
+        return torch.cat(outputs).reshape(array.shape).numpy()
     return np.stack([denoise_image(model, image, tile, overlap) for image in array])
 
 
@@ -247,6 +254,8 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
         raise UsageError("--reference and --add-noise both give a clean reference", "use one of them")
     if reference is not None and len(files) != 1:
         raise UsageError("--reference compares against one input file", f"got {len(files)} inputs")
+    if tile < 8 or not 0 <= overlap < tile:
+        raise UsageError(f"tile {tile} / overlap {overlap} invalid", "use tile >= 8 and 0 <= overlap < tile")
     noise = parse_noise(add_noise) if add_noise else None
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
