@@ -73,3 +73,16 @@ def test_tiled_equals_untiled_within_tolerance(tiny_dataset):
     assert tiled.shape == whole.shape
     assert np.abs(tiled - whole).mean() < 1e-3
     assert np.abs(tiled - whole).max() < 0.02
+
+
+def test_noise_level_estimate_tracks_the_true_std(tiny_dataset):
+    from daelab.data import to_tensor
+    from daelab.models import estimate_noise_std
+    clean = to_tensor(tiny_dataset.test_images[:100], "image")
+    generator = torch.Generator().manual_seed(0)
+    means = []
+    for std in (0.0, 0.05, 0.1, 0.2):
+        noisy = (clean + std * torch.randn(clean.shape, generator=generator)).clamp(0, 1)
+        means.append(float(estimate_noise_std(noisy).mean()))
+    assert means == sorted(means) and means[-1] - means[0] > 0.1
+    assert estimate_noise_std(torch.rand(3, 1, 1, 5)).shape == (3, 1, 1, 1)
