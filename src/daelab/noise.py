@@ -112,7 +112,32 @@ class Masking(NoiseModel):
         return out.masked_fill_(draw < self.level, 0.0)
 
 
-NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.name: cls for cls in (Gaussian, Uniform, SaltPepper, Masking)}
+@dataclass(frozen=True)
+class GaussianRange(NoiseModel):
+    """Gaussian noise whose std is drawn per image: trains one blind denoiser for a range of levels.
+
+    The std is ``S * u**2`` with ``u ~ U(0, 1)`` (median S/4) rather than uniform on [0, S]: the MSE
+    weighs an image by its noise variance, so with uniform stds a blind model learns the high
+    levels and neglects the low ones, where it then loses to leaving the input alone.
+    """
+
+    name: ClassVar[str] = "gaussian_range"
+    max_level: ClassVar[float] = 1.0
+    meaning: ClassVar[str] = ("clip(x + s * N(0, 1), 0, 1) with s = S * U(0, 1)**2 drawn per image, S in [0, 1] "
+                              "(training a blind denoiser)")
+
+    @property
+    def nominal_std(self) -> float:
+        return self.level / math.sqrt(5.0)  # the rms std over the range: sqrt(E[u**4]) = 1/sqrt(5)
+
+    def apply_(self, clean, out, generator=None):
+        u = torch.rand((len(clean),) + (1,) * (clean.dim() - 1), generator=generator, dtype=out.dtype,
+                       device=out.device)
+        return out.normal_(0.0, 1.0, generator=generator).mul_(u.square_() * self.level).add_(clean).clamp_(0.0, 1.0)
+
+
+NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.name: cls for cls in (Gaussian, Uniform, SaltPepper, Masking,
+                                                                        GaussianRange)}
 
 
 def valid_specs() -> str:

@@ -1,0 +1,314 @@
+"""Denoising a user's own images with a trained model: reading, tiling, PSNR, and safe writing.
+
+:func:`denoise_image` runs a model on one grayscale image (H, W) in [0, 1]: the MLP needs its
+training size (28x28); the fully convolutional model takes any size and, above ``tile`` pixels a
+side, works on overlapping tiles blended with linear ramps, so memory stays bounded by the tile.
+:func:`denoise_files` is the ``daelab denoise`` command: it reads ``.npy``/``.npz`` arrays (one
+image (H, W) or a stack (N, H, W), uint8 or float in [0, 1]) and PNG/JPEG files (as grayscale),
+validates every input and every output path first, and only then writes ``NAME.denoised.EXT``
+beside each input (or into ``out_dir``). It never writes onto an input, and refuses to replace an
+existing file unless ``overwrite``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from daelab.checkpoint import atomic_write
+from daelab.errors import DataError, UsageError
+from daelab.noise import parse_noise
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+# ------------------------------------------------------------------------------ one image
+def _ramp(length: int, overlap: int, start_open: bool, end_open: bool) -> np.ndarray:
+    """1-D blending weights: rising over ``overlap`` pixels on each side that meets another tile."""
+    weights = np.ones(length, np.float32)
+    ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap if overlap else np.zeros(0, np.float32)
+    n = min(overlap, length)
+    if start_open:
+        weights[:n] = np.minimum(weights[:n], ramp[:n])
+    if end_open:
+        weights[length - n:] = np.minimum(weights[length - n:], ramp[:n][::-1])
+    return weights
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    return sorted(set(starts))
+
+
+def _check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise DataError(f"{what}: expected one grayscale image (H, W), got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise DataError(f"{what} contains NaN or infinite values")
+    if image.size and (image.min() < 0 or image.max() > 1):
+        raise DataError(f"{what}: values must lie in [0, 1], found [{image.min():g}, {image.max():g}]",
+                        "store images as uint8 or divide by 255")
+    return image.astype(np.float32, copy=False)
+
+
+def expected_shape(model: torch.nn.Module) -> tuple[int, int] | None:
+    """The (H, W) a model requires, or None when it takes any size (fully convolutional)."""
+    if model.input_layout == "flat":
+        side = model.config.image_size
+        return (side, side)
+    return None
+
+
+@torch.inference_mode()
+def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int = 256, overlap: int = 32) -> np.ndarray:
+    """Denoise one grayscale image.
+
+    Parameters
+    ----------
+    model : a daelab DAE in eval mode (``input_layout`` "flat" needs its training size; "image" any size).
+    image : (H, W) float array in [0, 1].
+    tile : largest tile side the conv model sees at once; larger images are cut into overlapping
+        ``tile`` x ``tile`` tiles whose outputs are blended with linear ramps over ``overlap`` pixels.
+    overlap : pixels shared by neighbouring tiles (< tile).
+
+    Returns
+    -------
+    (H, W) float32 array in [0, 1].
+    """
+    image = _check_image(image)
+    model.eval()
+    device = next(model.parameters()).device
+    shape = expected_shape(model)
+    if shape is not None:
+        if image.shape != shape:
+            raise DataError(f"model {model.config.name!r} needs {shape[0]}x{shape[1]} images, got "
+                            f"{image.shape[0]}x{image.shape[1]}", "train with --model conv for any size")
+        flat = torch.from_numpy(image).reshape(1, -1).to(device)
+        return model(flat).reshape(shape).float().cpu().numpy()
+    if not 0 <= overlap < tile:
+        raise UsageError(f"overlap {overlap} must be >= 0 and smaller than the tile {tile}")
+    height, width = image.shape
+    if height <= tile and width <= tile:
+        batch = torch.from_numpy(image)[None, None].to(device)
+        return model(batch)[0, 0].float().cpu().numpy()
+    total = np.zeros((height, width), np.float32)
+    weight_sum = np.zeros((height, width), np.float32)
+    rows, cols = _starts(height, tile, tile - overlap), _starts(width, tile, tile - overlap)
+    for top in rows:
+        for left in cols:
+            patch = image[top:top + tile, left:left + tile]
+            batch = torch.from_numpy(np.ascontiguousarray(patch))[None, None].to(device)  # (1, 1, h, w)
+            out = model(batch)[0, 0].float().cpu().numpy()
+            h, w = patch.shape
+            weights = np.outer(_ramp(h, overlap, top > 0, top + h < height),
+                               _ramp(w, overlap, left > 0, left + w < width))
+            total[top:top + h, left:left + w] += out * weights
+            weight_sum[top:top + h, left:left + w] += weights
+    return total / weight_sum
+
+
+def psnr(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB for images in [0, 1] (inf when identical)."""
+    mse = float(np.mean((np.asarray(estimate, np.float64) - np.asarray(reference, np.float64)) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+
+
+# ------------------------------------------------------------------------------ files
+@dataclass
+class ImageFile:
+    """One input file: its images as float32 (N, H, W) in [0, 1] and how to write them back."""
+
+    path: Path
+    images: dict[str, np.ndarray]    # array name ("" for .npy/PNG) -> (H, W) or (N, H, W) float32
+    dtypes: dict[str, np.dtype]      # the stored dtype of each array, to write the output alike
+    outputs: dict[str, Path] = field(default_factory=dict)  # "denoised"/"noisy" -> output path
+
+
+def _to_unit(array: np.ndarray, what: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DataError(f"{what}: dtype {array.dtype} is not an image", "use uint8 or float in [0, 1]")
+    if array.ndim not in (2, 3) or 0 in array.shape:
+        raise DataError(f"{what}: expected an image (H, W) or a stack (N, H, W), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise DataError(f"{what} contains NaN or infinite values")
+    if array.min() < 0 or array.max() > 1:
+        raise DataError(f"{what}: float values must lie in [0, 1], found [{array.min():g}, {array.max():g}]",
+                        "store images as uint8 or divide by 255")
+    return array.astype(np.float32)
+
+
+def read_image_file(path: str | os.PathLike) -> ImageFile:
+    """Read a ``.npy``/``.npz``/PNG/JPEG file into float32 images in [0, 1]; DataError on anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} not found")
+    suffix = path.suffix.lower()
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        if suffix == ".npy":
+            arrays[""] = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+            if not arrays:
+                raise DataError(f"{path} holds no arrays")
+        elif suffix in IMAGE_SUFFIXES:
+            from PIL import Image, UnidentifiedImageError
+            try:
+                with Image.open(path) as picture:
+                    arrays[""] = np.asarray(picture.convert("L"))  # (H, W) uint8
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"{path} is not a readable image: {exc}") from None
+        else:
+            raise DataError(f"{path}: unsupported file type {suffix or '(none)'}",
+                            f"use {', '.join(ARRAY_SUFFIXES + IMAGE_SUFFIXES)}")
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read as {suffix}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    images, dtypes = {}, {}
+    for key, array in arrays.items():
+        what = f"{path}" + (f"[{key}]" if key else "")
+        if array.ndim not in (2, 3) or 0 in array.shape:
+            raise DataError(f"{what}: expected an image (H, W) or a stack (N, H, W), got shape {array.shape}")
+        images[key], dtypes[key] = _to_unit(array, what), array.dtype
+    return ImageFile(path, images, dtypes)
+
+
+def output_path(path: Path, kind: str, out_dir: Path | None) -> Path:
+    """``NAME.<kind>.EXT`` beside the input, or in ``out_dir``."""
+    name = f"{path.stem}.{kind}{path.suffix}"
+    return (out_dir or path.parent) / name
+
+
+def _encode(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.uint8:
+        return np.round(np.clip(array, 0, 1) * 255).astype(np.uint8)
+    return array.astype(np.float32)
+
+
+def _write(path: Path, images: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> None:
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        atomic_write(path, lambda handle: np.save(handle, _encode(images[""], dtypes[""])))
+    elif suffix == ".npz":
+        arrays = {key: _encode(value, dtypes[key]) for key, value in images.items()}
+        atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
+    else:
+        from PIL import Image
+        picture = Image.fromarray(_encode(images[""], np.dtype(np.uint8)), mode="L")
+        fmt = "PNG" if suffix == ".png" else "JPEG"
+        atomic_write(path, lambda handle: picture.save(handle, format=fmt))
+
+
+@torch.inference_mode()
+def _denoise_array(model, array: np.ndarray, tile: int, overlap: int, batch_size: int = 1024) -> np.ndarray:
+    if array.ndim == 2:
+        return denoise_image(model, array, tile, overlap)
+    model.eval()
+    if model.input_layout == "flat":  # a stack of small images: batch it rather than loop
+        device = next(model.parameters()).device
+        flat = torch.from_numpy(np.ascontiguousarray(array)).reshape(len(array), -1)
+        outputs = [model(flat[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(flat), batch_size)]
+        return torch.cat(outputs).reshape(array.shape).numpy()
+    return np.stack([denoise_image(model, image, tile, overlap) for image in array])
+
+
+def _flatten(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([arrays[key].ravel() for key in sorted(arrays)])
+
+
+def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_dir: str | os.PathLike | None = None,
+                  overwrite: bool = False, add_noise: str | None = None, reference: str | os.PathLike | None = None,
+                  seed: int = 0, tile: int = 256, overlap: int = 32) -> list[dict]:
+    """Denoise image files and write ``NAME.denoised.EXT`` for each (and ``NAME.noisy.EXT`` with ``add_noise``).
+
+    Every input is read and checked (readable, an image, finite, in range, the size the model
+    needs) and every output path is checked (not an input, not produced twice, not existing unless
+    ``overwrite``) before anything is written.
+
+    Parameters
+    ----------
+    add_noise : a noise spec (``gaussian:0.1``) to corrupt the inputs with first (seeded ``seed``);
+        PSNR is then reported against the clean inputs.
+    reference : a clean file with the same images as the (single) input; PSNR is reported against it.
+
+    Returns
+    -------
+    One dict per input file: ``input``, ``output``, ``noisy_output`` (or None), ``shape`` of each
+    array, and ``psnr_input``/``psnr_denoised`` in dB when a clean reference exists (else None).
+    """
+    if not files:
+        raise UsageError("no input files given")
+    if reference is not None and add_noise is not None:
+        raise UsageError("--reference and --add-noise both give a clean reference", "use one of them")
+    if reference is not None and len(files) != 1:
+        raise UsageError("--reference compares against one input file", f"got {len(files)} inputs")
+    if tile < 8 or not 0 <= overlap < tile:
+        raise UsageError(f"tile {tile} / overlap {overlap} invalid", "use tile >= 8 and 0 <= overlap < tile")
+    noise = parse_noise(add_noise) if add_noise else None
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is not a directory")
+    inputs = [read_image_file(path) for path in files]
+    shape = expected_shape(model)
+    for item in inputs:
+        for key, images in item.images.items():
+            if shape is not None and images.shape[-2:] != shape:
+                what = f"{item.path}" + (f"[{key}]" if key else "")
+                raise DataError(f"{what}: model {model.config.name!r} needs {shape[0]}x{shape[1]} images, got "
+                                f"{images.shape[-2]}x{images.shape[-1]}", "train with --model conv for any size")
+    clean_reference = None
+    if reference is not None:
+        clean_reference = read_image_file(reference)
+        if {k: v.shape for k, v in clean_reference.images.items()} != {k: v.shape for k, v in inputs[0].images.items()}:
+            raise DataError(f"reference {reference} does not hold images of the input's shape")
+    input_paths = {item.path.resolve() for item in inputs}
+    planned: set[Path] = set()
+    for item in inputs:
+        for kind in (["noisy"] if noise else []) + ["denoised"]:
+            target = output_path(item.path, kind, out_dir)
+            resolved = target.resolve()
+            if resolved in input_paths:
+                raise UsageError(f"output {target} would overwrite an input file", "use --out DIR")
+            if resolved in planned:
+                raise UsageError(f"two inputs would both write {target}", "give inputs distinct names")
+            if target.exists() and not overwrite:
+                raise UsageError(f"{target} exists", "pass --overwrite to replace it, or use --out DIR")
+            planned.add(resolved)
+            item.outputs[kind] = target
+
+    generator = torch.Generator().manual_seed(seed)
+    results, writes = [], []
+    for item in inputs:
+        clean = clean_reference.images if clean_reference is not None else None
+        given = item.images
+        if noise is not None:
+            clean = given
+            given = {key: noise(torch.from_numpy(value), generator).numpy() for key, value in given.items()}
+            writes.append((item.outputs["noisy"], given, item.dtypes))
+        denoised = {key: _denoise_array(model, value, tile, overlap) for key, value in given.items()}
+        writes.append((item.outputs["denoised"], denoised, item.dtypes))
+        result = {"input": str(item.path), "output": str(item.outputs["denoised"]),
+                  "noisy_output": str(item.outputs["noisy"]) if noise else None,
+                  "shape": {key: list(value.shape) for key, value in given.items()},
+                  "psnr_input": None, "psnr_denoised": None}
+        if clean is not None:
+            result["psnr_input"] = psnr(_flatten(given), _flatten(clean))
+            result["psnr_denoised"] = psnr(_flatten(denoised), _flatten(clean))
+        results.append(result)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for target, images, dtypes in writes:
+        _write(target, images, dtypes)
+    return results
