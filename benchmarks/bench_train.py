@@ -25,6 +25,7 @@ import torch
 from daelab.data import load_dataset, to_tensor
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
+from daelab.precision import make_policy
 from daelab.train import TrainConfig, autocast, fit, make_optimizer, train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +62,13 @@ def daelab_rate(clean: torch.Tensor, precision: str, epochs: int) -> float:
     model = build_model(ModelConfig())
     config = TrainConfig(precision=precision)
     optimizer = make_optimizer(model, config)
+    policy = make_policy(model, precision)
     noise, generator = parse_noise(config.noise), torch.Generator().manual_seed(0)
     steps = -(-len(clean) // config.batch_size)
     rates = []
     for epoch in range(epochs):
         order = torch.randperm(len(clean), generator=torch.Generator().manual_seed(epoch))
-        done = train_steps(model, optimizer, clean, order, noise, generator, config, torch.device("cpu"), 0, steps)
+        done = train_steps(policy, optimizer, clean, order, noise, generator, config, torch.device("cpu"), 0, steps)
         rates.append(done.samples / done.seconds)
     steady = sorted(rates[1:] or rates)
     return steady[len(steady) // 2]

@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from daelab.errors import DaelabError
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
+from daelab.precision import make_policy
 from daelab.train import TrainConfig, make_optimizer, resolve_device, train_steps
 
 
@@ -126,11 +127,12 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
             torch.manual_seed(seed)
             model = build_model(model_config).to(device)
             optimizer = make_optimizer(model, train_config)
+            policy = make_policy(model, train_config.precision)
             generator = torch.Generator(device=device).manual_seed(seed + 1)
             order_generator = torch.Generator().manual_seed(seed + 2)
             for epoch in range(train_config.epochs):
                 order = torch.randperm(n, generator=order_generator)[:n_used].to(device)
-                done = train_steps(model, optimizer, clean, order, noise, generator, train_config, device, 0, steps)
+                done = train_steps(policy, optimizer, clean, order, noise, generator, train_config, device, 0, steps)
                 loss = done.loss_sum / max(done.samples, 1)
                 if not math.isfinite(loss):
                     raise ValueError(f"training loss became non-finite in epoch {epoch + 1}; try a lower lr")

@@ -34,6 +34,7 @@ from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
+from daelab.precision import make_policy
 from daelab.runs import CONFIG_FILE, RunLock, write_json, write_metrics
 
 log = logging.getLogger(__name__)
@@ -165,19 +166,22 @@ class StepsResult:
     seconds: float
 
 
-def train_steps(model, optimizer, clean: torch.Tensor, order: torch.Tensor, noise, generator: torch.Generator,
+def train_steps(policy, optimizer, clean: torch.Tensor, order: torch.Tensor, noise, generator: torch.Generator,
                 config: TrainConfig, device: torch.device, start: int, stop: int,
-                stop_event: threading.Event | None = None, bar=None) -> StepsResult:
+                stop_event: threading.Event | None = None, bar=None, forward=None) -> StepsResult:
     """Run optimizer steps ``start .. stop-1`` of an epoch whose sample order is ``order``.
 
     Each step index-selects its clean batch into a reused buffer, draws the noise in place into a
-    second one, and takes one Adam step on the MSE. Returns early (after finishing the current
-    step) when ``stop_event`` is set.
+    second one, and takes one Adam step on the MSE through the precision ``policy`` (see
+    :mod:`daelab.precision`); ``forward`` is the module to call (the policy's, or its DDP wrapper).
+    Returns early (after finishing the current step) when ``stop_event`` is set.
     """
-    model.train()
+    forward = forward or policy.module
+    forward.train()
     batch_size = config.batch_size
     clean_buf = torch.empty((batch_size,) + tuple(clean.shape[1:]), dtype=clean.dtype, device=device)
     noisy_buf = torch.empty_like(clean_buf)
+    low = policy.dtype != clean.dtype
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     samples = steps = 0
     began = time.perf_counter()
@@ -187,12 +191,13 @@ def train_steps(model, optimizer, clean: torch.Tensor, order: torch.Tensor, nois
         batch, noisy = clean_buf[:n], noisy_buf[:n]
         torch.index_select(clean, 0, index, out=batch)
         noise.apply_(batch, noisy, generator)
-        with autocast(device, config.precision):
-            denoised = model(noisy)
+        denoised = forward(noisy.to(policy.dtype) if low else noisy)
         loss = F.mse_loss(denoised.float(), batch)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        policy.after_backward()
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        policy.after_step()
         loss_sum += loss.detach() * n
         samples += n
         steps += 1
@@ -285,7 +290,6 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
         torch.manual_seed(config.seed)
         model = build_model(model_config).to(device)
         data = prepare_data(config, model.input_layout, device, dataset)
-        train_model = dist.wrap_model(model, ctx, config.sync_bn)
         optimizer = make_optimizer(model, config)
         generator = torch.Generator(device=device).manual_seed(config.seed + ctx.rank)
         history: list[dict] = []
@@ -303,8 +307,12 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
         if ctx.is_main:
             write_json(run_dir / CONFIG_FILE, {"model": to_jsonable(model_config), "train": to_jsonable(config),
                                                "world_size": ctx.world_size})
+        policy = make_policy(model, config.precision)  # after loading: the shadow copies the master weights
+        train_model = dist.wrap_model(policy.module, ctx, config.sync_bn)
         noise = parse_noise(config.noise)
         n_local = dist.shard_size(len(data.train), ctx)
+        # a last batch of one sample cannot be batch-normalised: leave that sample out of the epoch
+        n_local -= n_local % config.batch_size == 1 and n_local > 1
         steps_per_epoch = math.ceil(n_local / config.batch_size)
         writer = _tensorboard(run_dir, epoch, ctx)
         bad_epochs = sum(1 for _ in _epochs_since_best(history))
@@ -324,7 +332,7 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
 
         try:
             while epoch < config.epochs:
-                order = dist.epoch_order(len(data.train), config.seed, epoch, ctx, device)
+                order = dist.epoch_order(len(data.train), config.seed, epoch, ctx, device)[:n_local]
                 if epoch_step == 0:
                     epoch_acc = [0.0, 0, 0.0]
                 bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -333,8 +341,8 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
                     stop_at = steps_per_epoch
                     if config.checkpoint_every:
                         stop_at = min(stop_at, (epoch_step // config.checkpoint_every + 1) * config.checkpoint_every)
-                    done = train_steps(train_model, optimizer, data.train, order, noise, generator, config, device,
-                                       epoch_step, stop_at, None if ctx.enabled else stop_event, bar)
+                    done = train_steps(policy, optimizer, data.train, order, noise, generator, config, device,
+                                       epoch_step, stop_at, None if ctx.enabled else stop_event, bar, train_model)
                     epoch_step += done.steps
                     epoch_acc = [epoch_acc[0] + done.loss_sum, epoch_acc[1] + done.samples, epoch_acc[2] + done.seconds]
                     if not math.isfinite(epoch_acc[0]):
