@@ -9,7 +9,6 @@ the values, so the features are random. Run:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from daelab.classifier import (ClassifierSettings, StackedClassifier, keras_validation_split, parameter_counts,
-                               seed_generator, train_classifiers)
+from daelab.classifier import (
+    ClassifierSettings,
+    StackedClassifier,
+    keras_validation_split,
+    parameter_counts,
+    seed_generator,
+    train_classifiers,
+)
 from daelab.cli import main
 from daelab.errors import ConfigError
 from daelab.probe import ProbeConfig, probe_run, run_knn, run_linear
