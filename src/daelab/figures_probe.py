@@ -69,7 +69,8 @@ def plot_probe_accuracy(results: list[dict], path: str | os.PathLike, level: flo
     ax.set_xticks(range(len(probes)), probes)
     ax.set_xlim(-0.6, len(probes) - 0.4)
     ax.set_ylabel("test accuracy")
-    ax.set_title(f"probe accuracy: mean and {int(round(100 * level))}% interval over seeds", fontsize=10)
+    ax.set_title(f"probe accuracy: mean and {int(round(100 * level))}% interval over seeds "
+                 "(dots: seeds; one point: a deterministic probe, run once)", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
