@@ -90,8 +90,10 @@ class ProbeConfig:
     checkpoint: str = field(default="best", metadata={"help": "which checkpoint of the run",
                                                       "choices": ("best", "last")})
     level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch and scikit-learn's BLAS; 0 = their "
-                                                     "defaults (use 1 on a machine shared with other jobs)"})
+    # Default 1: the classifier's ops are tiny, and a second spinning thread on busy cores made an
+    # epoch 100x slower (benchmarks/bench_probe.py: 0.4 s vs 43 s on 2 shared cores).
+    threads: int = field(default=1, metadata={"help": "CPU threads for PyTorch and scikit-learn's BLAS; 0 = "
+                                                     "their defaults (1 is fastest for this small classifier)"})
     data_dir: str | None = field(default=None, metadata={"help": "dataset (default: the run's own data_dir, "
                                                                  "then the usual search)", "metavar": "PATH"})
 
