@@ -241,7 +241,42 @@ def _run_denoise(args) -> int:
     return 0
 
 
-COMMANDS = [_add_train, _add_summary, _add_evaluate, _add_denoise, _add_reproduce, _add_report]
+# ------------------------------------------------------------------------------------ probe
+def _add_probe(sub) -> None:
+    from daelab.probe import FEATURES, PROBES, ProbeConfig
+    p = sub.add_parser("probe", formatter_class=_Formatter, help="are the encoder's codes worth more than pixels?",
+                       description="Train probes (the study's classifier over several seeds, logistic regression, "
+                                   "k nearest neighbours) on the encoder's codes, the raw pixels and a PCA of the "
+                                   "same width, and compare them with paired differences and t-intervals. Writes "
+                                   "probe.json, probe.md and figures/ into RUN_DIR.\n\nfeatures: "
+                                   + "; ".join(f"{k} = {v}" for k, v in FEATURES.items())
+                                   + "\nprobes: " + "; ".join(f"{k} = {v}" for k, v in PROBES.items()),
+                       epilog="examples:\n  daelab probe runs/exp1\n"
+                              "  daelab probe runs/exp1 --seeds 10 --features codes,raw,pca,codes_noisy\n"
+                              "  daelab probe runs/exp1 --probes mlp --epochs 20 --early-stopping 20")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by 'daelab train'")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML/YAML/JSON file with a [probe] section")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_dataclass_args(p.add_argument_group("probe"), ProbeConfig)
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args) -> int:
+    from daelab.probe import JSON_FILE, MARKDOWN_FILE, ProbeConfig, probe_run
+    file_values = read_config_file(args.config) if args.config else None
+    config = build_config(ProbeConfig, file_values, args, "probe")
+    report = probe_run(args.run_dir, config, progress=not args.no_progress)
+    for row in report["results"]:
+        print(f"{row['feature']:>12} {row['probe']:>6}: {row['mean']:.4f} +- {row['std']:.4f} (n={row['n']})")
+    if report["headline"]:
+        h = report["headline"]
+        print(f"{h['probe']}: {h['a']} - {h['b']} = {h['mean']:+.4f}, {100 * report['level']:.0f}% interval "
+              f"[{h['lo']:+.4f}, {h['hi']:+.4f}] over {h['n']} {h['over']}: {h['verdict']}")
+    print(f"wrote {Path(args.run_dir) / JSON_FILE}, {Path(args.run_dir) / MARKDOWN_FILE} and figures/")
+    return 0
+
+
+COMMANDS = [_add_train, _add_summary, _add_evaluate, _add_probe, _add_denoise, _add_reproduce, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

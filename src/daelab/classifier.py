@@ -1,0 +1,280 @@
+"""The study's small classifier, trained for several seeds at once as one seed-stacked model.
+
+The study judged its encoder by training this Keras classifier on the 196-d codes and on the 784
+raw pixels::
+
+    Dense(64, relu) -> Dropout(0.4) -> Dense(32, relu) -> Dropout(0.4) -> BatchNormalization
+    -> Dense(10, softmax);  Adam(1e-3), categorical cross-entropy, batch 128, 100 epochs,
+    validation_split = 2/9
+
+This module reproduces it exactly (Keras' glorot-uniform kernels with zero biases, BatchNorm with
+momentum 0.99 / epsilon 1e-3, Adam epsilon 1e-7, the *last* 2/9 of the training arrays held out
+unshuffled, a partial last batch) and trains ``S`` independent copies -- one per seed -- as one
+model whose weights are stacked along a leading seed axis, ``(S, in, out)``, and applied with
+``torch.baddbmm``. Each seed has its own generators: one for its initial weights, one for its
+sample order and dropout masks, so a seed's run does not depend on which other seeds share the
+stack (``tests/test_probe.py`` checks stacked == one by one). Batches are index-selected from
+tensors in memory into a reused buffer; there is no DataLoader.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+HIDDEN = (64, 32)
+DROPOUT = 0.4
+BN_MOMENTUM = 0.01  # Keras momentum 0.99 = weight of the old running value; PyTorch counts the new one
+BN_EPS = 1e-3
+ADAM_EPS = 1e-7     # Keras' Adam default (PyTorch's is 1e-8)
+STREAM_INIT, STREAM_DATA = 0, 1
+
+
+def seed_generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for one random stream of one seed (independent streams via ``SeedSequence``)."""
+    state = np.random.SeedSequence([int(seed), stream]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def keras_validation_split(n: int, fraction: float) -> int:
+    """Index where Keras' ``validation_split`` cuts ``n`` samples: ``floor(n * (1 - fraction))``.
+
+    Keras trains on ``[:cut]`` and validates on ``[cut:]``, before any shuffling.
+    """
+    cut = int(math.floor(n * (1.0 - fraction)))
+    if not 0 < cut < n:
+        raise ValueError(f"validation split {fraction} of {n} samples leaves an empty part")
+    return cut
+
+
+class StackedClassifier(nn.Module):
+    """``S`` independent copies of the study's classifier with weights stacked along a seed axis.
+
+    Parameters
+    ----------
+    n_in : input features (196 for the study's codes, 784 for raw pixels).
+    n_seeds : how many independent copies (S).
+    n_classes : output classes.
+
+    Inputs are (S, B, n_in) -- each copy sees its own batch -- or (B, n_in), shared by all copies;
+    outputs are logits (S, B, n_classes) (the softmax lives in the cross-entropy loss).
+    """
+
+    def __init__(self, n_in: int, n_seeds: int = 1, n_classes: int = 10):
+        super().__init__()
+        h1, h2 = HIDDEN
+        self.n_in, self.n_seeds, self.n_classes = n_in, n_seeds, n_classes
+        self.w1 = nn.Parameter(torch.empty(n_seeds, n_in, h1))
+        self.b1 = nn.Parameter(torch.zeros(n_seeds, 1, h1))
+        self.w2 = nn.Parameter(torch.empty(n_seeds, h1, h2))
+        self.b2 = nn.Parameter(torch.zeros(n_seeds, 1, h2))
+        self.gamma = nn.Parameter(torch.ones(n_seeds, 1, h2))
+        self.beta = nn.Parameter(torch.zeros(n_seeds, 1, h2))
+        self.w3 = nn.Parameter(torch.empty(n_seeds, h2, n_classes))
+        self.b3 = nn.Parameter(torch.zeros(n_seeds, 1, n_classes))
+        self.register_buffer("running_mean", torch.zeros(n_seeds, 1, h2))
+        self.register_buffer("running_var", torch.ones(n_seeds, 1, h2))
+
+    @torch.no_grad()
+    def reset_parameters(self, generators: Sequence[torch.Generator]) -> None:
+        """Keras' glorot-uniform kernels, one generator per seed; biases 0, BatchNorm at identity.
+
+        The kernels are drawn last layer first, so two copies fed different input widths (codes
+        vs pixels) but the same seed still start from the same ``w2`` and ``w3``.
+        """
+        if len(generators) != self.n_seeds:
+            raise ValueError(f"need {self.n_seeds} generators, got {len(generators)}")
+        for s, generator in enumerate(generators):
+            for weight in (self.w3, self.w2, self.w1):
+                fan_in, fan_out = weight.shape[1:]
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
+                weight[s].uniform_(-limit, limit, generator=generator)
+        for bias in (self.b1, self.b2, self.b3, self.beta):
+            bias.zero_()
+        self.gamma.fill_(1.0)
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+
+    def forward(self, features: torch.Tensor, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits (S, B, n_classes) of features (S, B, n_in) or (B, n_in).
+
+        ``masks`` are the two dropout masks, (S, B, 64) and (S, B, 32), already scaled by
+        1 / (1 - p); in training mode without masks, fresh ones come from the global generator.
+        """
+        if features.dim() == 2:  # one batch shared by every copy: (B, in) @ (S, in, 64) -> (S, B, 64)
+            hidden = torch.relu(torch.matmul(features, self.w1) + self.b1)
+        else:
+            hidden = torch.relu(torch.baddbmm(self.b1, features, self.w1))
+        hidden = self._dropout(hidden, masks[0] if masks else None)
+        hidden = torch.relu(torch.baddbmm(self.b2, hidden, self.w2))
+        hidden = self._dropout(hidden, masks[1] if masks else None)
+        if self.training:  # per-copy batch statistics over the batch axis
+            mean = hidden.mean(dim=1, keepdim=True)
+            var = hidden.var(dim=1, keepdim=True, unbiased=False)
+            with torch.no_grad():  # Keras updates its moving variance with the biased batch variance
+                self.running_mean.lerp_(mean, BN_MOMENTUM)
+                self.running_var.lerp_(var, BN_MOMENTUM)
+        else:
+            mean, var = self.running_mean, self.running_var
+        hidden = (hidden - mean) * torch.rsqrt(var + BN_EPS) * self.gamma + self.beta
+        return torch.baddbmm(self.b3, hidden, self.w3)
+
+    def _dropout(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if not self.training:
+            return hidden
+        if mask is None:
+            return F.dropout(hidden, DROPOUT, training=True)
+        return hidden * mask
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
+        """Predicted classes (S, N) of features (N, n_in), in eval mode."""
+        was_training = self.training
+        self.eval()
+        parts = [self(features[i:i + batch_size]).argmax(dim=-1) for i in range(0, len(features), batch_size)]
+        self.train(was_training)
+        return torch.cat(parts, dim=1)
+
+
+def parameter_counts(n_in: int, n_classes: int = 10) -> dict[str, int]:
+    """Parameters of one copy, counted as Keras counts them (BatchNorm statistics are non-trainable).
+
+    For 196 inputs: 15,082 trainable + 64 BatchNorm statistics = 15,146, the study's total.
+    """
+    model = StackedClassifier(n_in, 1, n_classes)
+    trainable = sum(p.numel() for p in model.parameters())
+    statistics = model.running_mean.numel() + model.running_var.numel()
+    return {"trainable": trainable, "bn_statistics": statistics, "total": trainable + statistics}
+
+
+@dataclass
+class ClassifierSettings:
+    """How the classifier is trained; the defaults are the study's."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    early_stopping: int = 0  # patience in epochs on validation accuracy; 0 = off (the study's fit had none)
+
+
+@dataclass
+class ClassifierFit:
+    """A trained stack and what happened on the way."""
+
+    model: StackedClassifier
+    seeds: list[int]
+    epochs_run: list[int]                 # per seed: epochs trained before (early) stopping
+    best_epoch: list[int | None]          # per seed: the epoch whose weights were kept (early stopping)
+    val_accuracy: list[float]             # per seed, of the kept weights
+    val_history: list[list[float]] = field(default_factory=list)  # per epoch, per seed (early stopping only)
+    seconds: float = 0.0
+
+
+def _accuracy(model: StackedClassifier, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-copy accuracy (S,) on a shared set."""
+    return (model.predict(features) == labels).float().mean(dim=1)
+
+
+def train_classifiers(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
+                      seeds: Sequence[int], settings: ClassifierSettings | None = None, n_classes: int = 10,
+                      progress: bool = False, desc: str = "classifier") -> ClassifierFit:
+    """Train one copy of the study's classifier per seed, all at once.
+
+    Parameters
+    ----------
+    train_x : (N, D) float32 features; train_y : (N,) int64 labels (same device).
+    val_x, val_y : (M, D) and (M,) validation set (Keras' last 2/9): watched by early stopping and
+        reported; never trained on.
+    seeds : one copy per seed. A seed fixes its copy's initial weights (stream 0) and its sample
+        order and dropout masks (stream 1), whatever the features and whichever seeds share the stack.
+    settings : epochs, batch size, learning rate, early-stopping patience.
+
+    Returns
+    -------
+    ClassifierFit with the trained stack (eval mode). With early stopping each copy stops when
+    its validation accuracy has not improved for ``patience`` epochs and keeps its best weights.
+    """
+    settings = settings or ClassifierSettings()
+    seeds = [int(s) for s in seeds]
+    n_seeds, (n, dim), device = len(seeds), train_x.shape, train_x.device
+    model = StackedClassifier(dim, n_seeds, n_classes).to(device)
+    init_generators = [seed_generator(s, STREAM_INIT) for s in seeds]
+    data_generators = [seed_generator(s, STREAM_DATA) for s in seeds]
+    cpu_model = model if device.type == "cpu" else StackedClassifier(dim, n_seeds, n_classes)
+    cpu_model.reset_parameters(init_generators)
+    if cpu_model is not model:
+        model.load_state_dict(cpu_model.state_dict())
+    # The fused kernel updates each stacked tensor in one call: Adam's per-tensor bookkeeping, not
+    # its arithmetic, dominates a model this small.
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, eps=ADAM_EPS, fused=True)
+
+    h1, h2 = HIDDEN
+    batch = settings.batch_size
+    batch_buf = torch.empty(n_seeds * batch, dim, dtype=train_x.dtype, device=device)
+    uniforms = torch.empty(n_seeds, n, h1 + h2)  # an epoch of dropout draws per seed, on the CPU generators
+    keep = 1.0 - DROPOUT
+    patience = settings.early_stopping
+    best_acc = torch.full((n_seeds,), -1.0, device=device)
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    best_epoch: list[int | None] = [None] * n_seeds
+    waiting = [0] * n_seeds
+    active = [True] * n_seeds
+    epochs_run = [0] * n_seeds
+    val_history: list[list[float]] = []
+    began = time.perf_counter()
+    model.train()
+    for epoch in tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False):
+        order = torch.stack([torch.randperm(n, generator=g) for g in data_generators]).to(device)  # (S, N)
+        labels = train_y[order]                                                                  # (S, N)
+        for s, generator in enumerate(data_generators):
+            uniforms[s].uniform_(0.0, 1.0, generator=generator)
+        masks = uniforms.to(device).ge_(DROPOUT).mul_(1.0 / keep)  # (S, N, 96): kept units scaled by 1/keep
+        for start in range(0, n, batch):
+            index = order[:, start:start + batch]                  # (S, b)
+            b = index.shape[1]
+            inputs = torch.index_select(train_x, 0, index.reshape(-1), out=batch_buf[:n_seeds * b])
+            logits = model(inputs.view(n_seeds, b, dim),
+                           (masks[:, start:start + b, :h1], masks[:, start:start + b, h1:]))
+            # Sum over seeds of each seed's mean loss: every copy gets exactly its own gradient.
+            loss = F.cross_entropy(logits.reshape(-1, n_classes), labels[:, start:start + b].reshape(-1),
+                                   reduction="sum") / b
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if not math.isfinite(float(loss.detach())):
+            from daelab.errors import TrainingError
+            raise TrainingError(f"classifier loss became {float(loss.detach())} in epoch {epoch}", "lower --lr")
+        for s in range(n_seeds):
+            epochs_run[s] += active[s]
+        if patience > 0:
+            accuracy = _accuracy(model, val_x, val_y)
+            val_history.append(accuracy.tolist())
+            improved = [active[s] and float(accuracy[s]) > float(best_acc[s]) for s in range(n_seeds)]
+            if any(improved):
+                chosen = torch.tensor(improved, device=device)
+                best_acc = torch.where(chosen, accuracy, best_acc)
+                for key, value in model.state_dict().items():
+                    best_state[key] = torch.where(chosen.view(-1, 1, 1), value, best_state[key])
+            for s in range(n_seeds):
+                if not active[s]:
+                    continue
+                if improved[s]:
+                    best_epoch[s], waiting[s] = epoch, 0
+                else:
+                    waiting[s] += 1
+                    active[s] = waiting[s] < patience  # Keras: stop once `wait >= patience`
+            if not any(active):
+                break
+    if patience > 0:
+        model.load_state_dict(best_state)  # the copies that never stopped also keep their best epoch
+    model.eval()
+    val_accuracy = _accuracy(model, val_x, val_y).tolist()
+    return ClassifierFit(model, seeds, epochs_run, best_epoch, val_accuracy, val_history,
+                         time.perf_counter() - began)

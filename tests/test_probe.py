@@ -1,0 +1,144 @@
+"""Feature probes: the study's classifier (shape, seed-stacking), the probes, and probe_run end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from daelab.classifier import (
+    ClassifierSettings,
+    StackedClassifier,
+    keras_validation_split,
+    parameter_counts,
+    seed_generator,
+    train_classifiers,
+)
+from daelab.cli import main
+from daelab.errors import ConfigError
+from daelab.probe import ProbeConfig, probe_run, run_knn, run_linear
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: a second OpenMP thread only adds synchronisation, which on a shared,
+    loaded machine turns milliseconds per step into hundreds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _blobs(n: int = 450, dim: int = 12, seed: int = 0):
+    """Ten well-separated Gaussian clusters: any sensible probe should get nearly all right."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(10, dim, generator=generator) * 4
+    labels = torch.randint(0, 10, (n,), generator=generator)
+    return centres[labels] + torch.randn(n, dim, generator=generator) * 0.5, labels
+
+
+def test_parameter_count_matches_the_study():
+    assert parameter_counts(196) == {"trainable": 15_082, "bn_statistics": 64, "total": 15_146}
+    assert parameter_counts(784)["trainable"] == 784 * 64 + 64 + 2_080 + 64 + 330
+
+
+def test_keras_validation_split_takes_the_floor():
+    assert keras_validation_split(60_000, 2 / 9) == 46_666  # 365 steps of 128, as in the study's log
+    assert keras_validation_split(600, 2 / 9) == 466
+    with pytest.raises(ValueError):
+        keras_validation_split(1, 0.5)
+
+
+def test_glorot_init_limits_and_shared_upper_layers():
+    narrow, wide = StackedClassifier(196, 2), StackedClassifier(784, 2)
+    narrow.reset_parameters([seed_generator(s, 0) for s in (0, 1)])
+    wide.reset_parameters([seed_generator(s, 0) for s in (0, 1)])
+    assert narrow.w1.abs().max() <= (6 / (196 + 64)) ** 0.5
+    assert narrow.w1.abs().max() > 0.9 * (6 / (196 + 64)) ** 0.5
+    # Same seed, different input width: the layers whose shapes agree start equal; seeds differ.
+    assert torch.equal(narrow.w2, wide.w2) and torch.equal(narrow.w3, wide.w3)
+    assert not torch.equal(narrow.w2[0], narrow.w2[1])
+    assert torch.count_nonzero(narrow.b1) == 0
+
+
+def test_stacked_seeds_equal_seeds_trained_one_by_one():
+    features, labels = _blobs()
+    cut = keras_validation_split(len(features), 2 / 9)
+    settings = ClassifierSettings(epochs=3, batch_size=32)
+    args = (features[:cut], labels[:cut], features[cut:], labels[cut:])
+    stacked = train_classifiers(*args, seeds=[3, 4, 5], settings=settings)
+    for s, seed in enumerate([3, 4, 5]):
+        alone = train_classifiers(*args, seeds=[seed], settings=settings)
+        for name, value in alone.model.state_dict().items():
+            torch.testing.assert_close(stacked.model.state_dict()[name][s], value[0], rtol=1e-5, atol=1e-6)
+        assert stacked.val_accuracy[s] == alone.val_accuracy[0]
+    assert len(set(map(tuple, stacked.model.w1.detach().flatten(1).tolist()))) == 3  # the seeds really differ
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    features, labels = _blobs(seed=1)
+    cut = keras_validation_split(len(features), 2 / 9)
+    fit = train_classifiers(features[:cut], labels[:cut], features[cut:], labels[cut:], seeds=[0, 1],
+                            settings=ClassifierSettings(epochs=60, batch_size=32, early_stopping=3))
+    for s in range(2):
+        history = [row[s] for row in fit.val_history[:fit.epochs_run[s]]]
+        assert fit.epochs_run[s] == fit.best_epoch[s] + 3 or fit.epochs_run[s] == 60
+        assert fit.best_epoch[s] == 1 + int(np.argmax(history))  # first epoch reaching the maximum
+        assert fit.val_accuracy[s] == pytest.approx(max(history))  # the restored weights are the best ones
+
+
+@pytest.mark.parametrize("probe", ["mlp", "linear", "knn"])
+def test_every_probe_separates_separable_data(probe):
+    features, labels = _blobs(n=600, seed=2)
+    train_x, train_y, test_x, test_y = features[:400], labels[:400], features[400:], labels[400:]
+    if probe == "mlp":
+        fit = train_classifiers(train_x[:320], train_y[:320], train_x[320:], train_y[320:], seeds=[0, 1],
+                                settings=ClassifierSettings(epochs=30, batch_size=32))
+        accuracy = (fit.model.predict(test_x) == test_y).float().mean(dim=1)
+        assert accuracy.min() >= 0.95
+    else:
+        run = run_linear if probe == "linear" else run_knn
+        predictions, _ = run(train_x.numpy(), train_y.numpy(), test_x.numpy())
+        assert (predictions == test_y.numpy()).mean() >= 0.95
+
+
+def test_probe_config_rejects_unknown_names():
+    with pytest.raises(ConfigError, match="valid: mlp, linear, knn"):
+        ProbeConfig(probes=("mlp", "svm"))
+    with pytest.raises(ConfigError, match="valid: codes, codes_noisy, raw, pca"):
+        ProbeConfig(features=("pixels",))
+
+
+def test_probe_run_end_to_end(tiny_run, tiny_dataset):
+    config = ProbeConfig(seeds=3, epochs=8, batch_size=64, features=("codes", "raw", "pca", "codes_noisy"))
+    report = probe_run(tiny_run, config, dataset=tiny_dataset, progress=False)
+    saved = json.loads((tiny_run / "probe.json").read_text())
+    assert saved["headline"] == json.loads(json.dumps(report["headline"]))
+    for key in ("config", "data", "seeds", "features", "probes", "classifier_params", "results", "comparisons",
+                "headline", "study", "best", "confusion", "figures"):
+        assert key in saved, key
+    assert saved["data"]["n_train"] == 466 and saved["data"]["n_val"] == 134
+    assert saved["features"]["pca"]["dim"] == saved["features"]["codes"]["dim"] == 196
+    assert saved["features"]["codes_noisy"]["noise"] == "gaussian:0.1"
+    assert len(saved["results"]) == 4 * 3
+    for row in saved["results"]:
+        assert row["lo"] <= row["mean"] <= row["hi"]
+        assert row["n"] == (3 if row["probe"] == "mlp" else 1)
+        assert row["varies_with_seed"] == (row["probe"] == "mlp")
+    headline = saved["headline"]
+    assert (headline["probe"], headline["a"], headline["b"], headline["over"]) == ("mlp", "codes", "raw", "seeds")
+    assert len(headline["differences"]) == 3
+    assert headline["verdict"] in ("codes better", "raw better", "no detectable difference")
+    assert saved["study"]["codes_accuracy"] == 0.8752 and saved["study"]["raw_accuracy"] == 0.8764
+    matrix = np.array(saved["confusion"]["matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 200
+    for figure in saved["figures"].values():
+        assert (tiny_run / figure).stat().st_size > 1000
+    assert "| codes | mlp |" in (tiny_run / "probe.md").read_text()
+
+
+def test_cli_probe_unknown_name_is_one_line(tiny_run, capsys):
+    assert main(["probe", str(tiny_run), "--probes", "svm"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown probe 'svm'" in err and "valid: mlp, linear, knn" in err
