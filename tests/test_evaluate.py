@@ -70,7 +70,7 @@ def test_mean_ci_known_values():
     assert ci["mean"] == 2.0 and ci["std"] == 1.0 and ci["n"] == 3
     half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2} * s / sqrt(n)
     assert math.isclose(ci["hi"] - 2.0, half, rel_tol=1e-9) and math.isclose(2.0 - ci["lo"], half, rel_tol=1e-9)
-    assert mean_ci([5.0]) == {"mean": 5.0, "std": None, "lo": None, "hi": None, "n": 1}
+    assert mean_ci([5.0]) == {"mean": 5.0, "std": 0.0, "lo": 5.0, "hi": 5.0, "n": 1}  # one sample: no spread
     with pytest.raises(ValueError):
         mean_ci([1.0, float("inf")])
 

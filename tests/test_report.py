@@ -70,7 +70,9 @@ def test_study_comparisons_use_the_study_means_and_our_levels():
 def bare_run(tmp_path_factory, tiny_run):
     """A trained run with nothing evaluated or probed."""
     run_dir = tmp_path_factory.mktemp("bare") / "run"
-    shutil.copytree(tiny_run, run_dir)
+    # the shared tiny run may already hold other tests' stage outputs: copy only what training wrote
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("evaluation.*", "probe.*", "reproduce.json",
+                                                                        "report.*", "figures"))
     return run_dir
 
 
