@@ -39,7 +39,7 @@ from daelab.runs import CONFIG_FILE, RunLock, write_json, write_metrics
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -58,8 +58,10 @@ class TrainConfig:
     val_subset: int | None = field(default=None, metadata={"help": "validate on the first N validation images only"})
     early_stopping: int = field(default=0, metadata={"help": "stop after this many epochs without a better "
                                                              "validation loss; 0 = off"})
-    precision: str = field(default="fp32", metadata={"help": "matmul precision on the training step "
-                                                            "(bf16: autocast, fp32 master weights)",
+    precision: str = field(default="auto", metadata={"help": "matmul precision of the training step "
+                                                            "(bf16: bf16 weights for forward/backward, fp32 master "
+                                                            "weights, within 1%% of fp32 validation loss; auto: bf16 "
+                                                            "where the CPU/GPU has native bf16, else fp32)",
                                                     "choices": PRECISIONS})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (CUDA when present)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = PyTorch's default"})
@@ -105,8 +107,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where matmuls have native bf16 (AVX-512 BF16/AMX CPUs, Ampere+ GPUs), else ``fp32``."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on the training step when asked; a no-op context for fp32."""
+    """bf16 autocast for inference when asked (training uses daelab.precision); a no-op for fp32."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -306,8 +320,10 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
             log.info("resuming %s at epoch %d step %d", run_dir, epoch + 1, epoch_step)
         if ctx.is_main:
             write_json(run_dir / CONFIG_FILE, {"model": to_jsonable(model_config), "train": to_jsonable(config),
-                                               "world_size": ctx.world_size})
-        policy = make_policy(model, config.precision)  # after loading: the shadow copies the master weights
+                                               "precision": resolve_precision(config.precision, device),
+                                               "device": str(device), "world_size": ctx.world_size})
+        precision = resolve_precision(config.precision, device)
+        policy = make_policy(model, precision)  # after loading: the shadow copies the master weights
         train_model = dist.wrap_model(policy.module, ctx, config.sync_bn)
         noise = parse_noise(config.noise)
         n_local = dist.shard_size(len(data.train), ctx)
