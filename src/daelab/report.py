@@ -63,11 +63,11 @@ def judge_sentence(what: str, study_value: float, ours: dict | None, higher_is_b
     sv = f"{study_value:.{digits}f}"
     if verdict == UNDETERMINED:
         return f"The study's {what} ({sv}) cannot be judged: we have no interval for it."
-    interval = f"{ours['mean']:.{digits}f} [{ours['lo']:.{digits}f}, {ours['hi']:.{digits}f}]"
+    interval = f"{ours['mean']:.4f} [{ours['lo']:.4f}, {ours['hi']:.4f}]"
     if verdict == MATCHED:
         return f"The study's {what} ({sv}) lies inside ours, {interval}: **matched**."
     above = (verdict == BEATEN) == higher_is_better
-    return (f"Our {what}, {interval}, lies entirely {'above' if above else 'below'} the study's {sv}: "
+    return (f"The study's {what} is {sv}; ours, {interval}, lies entirely {'above' if above else 'below'} it: "
             f"**{verdict}**.")
 
 
