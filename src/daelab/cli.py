@@ -76,7 +76,7 @@ def _run_train(args) -> int:
         model_config = build_config(ModelConfig, file_values, args, "model")
         run_dir = args.run_dir or default_run_dir()
     result = fit(model_config, config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    if result["history"]:
+    if result["history"] and result["rank"] == 0:  # under torchrun, one line, not one per process
         last = result["history"][-1]
         print(f"trained {result['epochs_run']} epochs into {run_dir}: final val_loss {last['val_loss']:.5f}, "
               f"best {result['best_val_loss']:.5f}")
