@@ -26,7 +26,7 @@ from daelab.data import load_dataset, to_tensor
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
 from daelab.precision import make_policy
-from daelab.train import TrainConfig, autocast, fit, make_optimizer, train_steps
+from daelab.train import TrainConfig, fit, make_optimizer, train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = ROOT.parent / "shared" / "bench" / "plain_torch_dae.py"
@@ -80,7 +80,7 @@ def inference_rate(images: torch.Tensor, precision: str, batch_size: int = 2500,
     best = 0.0
     for _ in range(repeats + 1):
         began = time.perf_counter()
-        with autocast(torch.device("cpu"), precision):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             for start in range(0, len(images), batch_size):
                 model(images[start:start + batch_size])
         best = max(best, len(images) / (time.perf_counter() - began))

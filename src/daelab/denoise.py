@@ -11,13 +11,13 @@ existing file unless ``overwrite``.
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from skimage.metrics import peak_signal_noise_ratio
 
 from daelab.checkpoint import atomic_write
 from daelab.errors import DataError, UsageError
@@ -116,9 +116,10 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int = 256, ov
 
 
 def psnr(estimate: np.ndarray, reference: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1] (inf when identical)."""
-    mse = float(np.mean((np.asarray(estimate, np.float64) - np.asarray(reference, np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse)
+    """Peak signal-to-noise ratio in dB for images in [0, 1] (inf when identical), via scikit-image."""
+    with np.errstate(divide="ignore"):
+        return float(peak_signal_noise_ratio(np.asarray(reference, np.float64), np.asarray(estimate, np.float64),
+                                             data_range=1.0))
 
 
 # ------------------------------------------------------------------------------ files

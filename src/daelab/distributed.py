@@ -55,12 +55,6 @@ def init(device_name: str = "auto") -> DistContext:
     return DistContext(True, td.get_rank(), td.get_world_size(), local_rank, device)
 
 
-def is_main_process() -> bool:
-    """True in rank 0, or when not running distributed."""
-    import torch.distributed as td
-    return not (td.is_available() and td.is_initialized()) or td.get_rank() == 0
-
-
 def wrap_model(model: torch.nn.Module, ctx: DistContext, sync_bn: bool = False) -> torch.nn.Module:
     """DDP-wrap ``model`` (converting BatchNorm to SyncBatchNorm if asked); unchanged when not distributed."""
     if not ctx.enabled:
@@ -89,11 +83,6 @@ def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
     import torch.distributed as td
     for buffer in model.buffers():
         td.broadcast(buffer, src=0)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def shard_size(n: int, ctx: DistContext) -> int:

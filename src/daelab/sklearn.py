@@ -27,7 +27,7 @@ from daelab.errors import DaelabError
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
 from daelab.precision import make_policy
-from daelab.train import TrainConfig, make_optimizer, resolve_device, resolve_precision, train_steps
+from daelab.train import TrainConfig, make_optimizer, resolve_device, resolve_precision, train_steps, usable_samples
 
 
 class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
@@ -119,7 +119,7 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
         clean = torch.tensor(clean, dtype=torch.float32, device=device)
         n = len(clean)
         # a last batch of one sample would break BatchNorm: leave that one sample out of the epoch
-        n_used = n - 1 if n % train_config.batch_size == 1 else n
+        n_used = usable_samples(n, train_config.batch_size)
         steps = math.ceil(n_used / train_config.batch_size)
         self.loss_curve_ = []
         devices = [device] if device.type == "cuda" else []

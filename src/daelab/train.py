@@ -119,13 +119,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp32"
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for inference when asked (training uses daelab.precision); a no-op for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def check_finite(images: torch.Tensor, what: str) -> None:
     if not torch.isfinite(images).all():
         raise ConfigError(f"{what} contain NaN or infinite values", "clean the data first")
@@ -170,6 +163,11 @@ def evaluate_loss(model: torch.nn.Module, noisy: torch.Tensor, clean: torch.Tens
         total += F.mse_loss(denoised, clean[start:start + batch_size], reduction="sum").double()
     model.train(was_training)
     return float(total) / clean.numel()
+
+
+def usable_samples(n: int, batch_size: int) -> int:
+    """Samples an epoch can use: a last batch of one sample cannot be batch-normalised, so it sits out."""
+    return n - 1 if n > 1 and n % batch_size == 1 else n
 
 
 @dataclass
@@ -326,14 +324,14 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
         policy = make_policy(model, precision)  # after loading: the shadow copies the master weights
         train_model = dist.wrap_model(policy.module, ctx, config.sync_bn)
         noise = parse_noise(config.noise)
-        n_local = dist.shard_size(len(data.train), ctx)
-        # a last batch of one sample cannot be batch-normalised: leave that sample out of the epoch
-        n_local -= n_local % config.batch_size == 1 and n_local > 1
+        n_local = usable_samples(dist.shard_size(len(data.train), ctx), config.batch_size)
         steps_per_epoch = math.ceil(n_local / config.batch_size)
         writer = _tensorboard(run_dir, epoch, ctx)
-        bad_epochs = sum(1 for _ in _epochs_since_best(history))
+        bad_epochs = _epochs_without_improvement(history)
 
         def checkpoint(path_names):
+            if not ctx.is_main:
+                return
             mid = epoch_step > 0
             payload = {
                 "model_config": to_jsonable(model_config), "train_config": to_jsonable(config),
@@ -342,9 +340,8 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
                 "epoch_acc": epoch_acc if mid else None,
                 "rng": _rng_state(generator, device), "best_metric": best, "history": history,
             }
-            if ctx.is_main:
-                for name in path_names:
-                    save_checkpoint(run_dir / name, payload)
+            for name in path_names:
+                save_checkpoint(run_dir / name, payload)
 
         try:
             while epoch < config.epochs:
@@ -425,15 +422,12 @@ def _params_healthy(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) and float(p.abs().max()) < DIVERGED_WEIGHT for p in model.parameters())
 
 
-def _epochs_since_best(history: list[dict]):
-    best = math.inf
-    since = []
-    for row in history:
-        if row["val_loss"] < best:
-            best, since = row["val_loss"], []
-        else:
-            since.append(row)
-    return since
+def _epochs_without_improvement(history: list[dict]) -> int:
+    """Epochs since the best validation loss so far (for early stopping after a resume)."""
+    if not history:
+        return 0
+    losses = [row["val_loss"] for row in history]
+    return len(losses) - 1 - losses.index(min(losses))
 
 
 def _tensorboard(run_dir: Path, epoch: int, ctx):
