@@ -26,8 +26,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from daelab.errors import DaelabError
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
-from daelab.precision import make_policy
-from daelab.train import TrainConfig, make_optimizer, resolve_device, resolve_precision, train_steps, usable_samples
+from daelab.train import (TrainConfig, make_optimizer, make_training_policy, resolve_device, train_steps,
+                          usable_samples)
 
 
 class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
@@ -127,7 +127,7 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
             torch.manual_seed(seed)
             model = build_model(model_config).to(device)
             optimizer = make_optimizer(model, train_config)
-            policy = make_policy(model, resolve_precision(train_config.precision, device))
+            policy = make_training_policy(model, optimizer, train_config, device)
             generator = torch.Generator(device=device).manual_seed(seed + 1)
             order_generator = torch.Generator().manual_seed(seed + 2)
             for epoch in range(train_config.epochs):

@@ -34,12 +34,14 @@ from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
+from daelab.fused import make_fused
 from daelab.precision import make_policy
 from daelab.runs import CONFIG_FILE, RunLock, write_json, write_metrics
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
+KERNELS = ("auto", "torch")
 
 
 @dataclass
@@ -63,6 +65,10 @@ class TrainConfig:
                                                             "weights, within 1%% of fp32 validation loss; auto: bf16 "
                                                             "where the CPU/GPU has native bf16, else fp32)",
                                                     "choices": PRECISIONS})
+    kernels: str = field(default="auto", metadata={
+        "help": "auto: bf16 MLP training on the CPU runs daelab's fused C kernels (compiled on first use, "
+                "~2x faster; PyTorch ops where no C compiler is found); torch: PyTorch ops only",
+        "choices": KERNELS})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (CUDA when present)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = PyTorch's default"})
     checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every N steps within an epoch; "
@@ -84,6 +90,7 @@ class TrainConfig:
             (0.0 <= self.val_split < 1.0, "val-split must be in [0, 1)"),
             (self.early_stopping >= 0, "early-stopping must be >= 0"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+            (self.kernels in KERNELS, f"kernels must be one of {', '.join(KERNELS)}"),
             (self.threads >= 0, "threads must be >= 0"),
             (self.checkpoint_every >= 0, "checkpoint-every must be >= 0"),
         ]
@@ -186,10 +193,12 @@ def train_steps(policy, optimizer, clean: torch.Tensor, order: torch.Tensor, noi
     Each step index-selects its clean batch into a reused buffer, draws the noise in place into a
     second one, and takes one Adam step on the MSE through the precision ``policy`` (see
     :mod:`daelab.precision`); ``forward`` is the module to call (the policy's, or its DDP wrapper).
+    A fused policy (:mod:`daelab.fused`) runs the whole step itself.
     Returns early (after finishing the current step) when ``stop_event`` is set.
     """
     forward = forward or policy.module
     forward.train()
+    fused = getattr(policy, "fused", False)
     batch_size = config.batch_size
     clean_buf = torch.empty((batch_size,) + tuple(clean.shape[1:]), dtype=clean.dtype, device=device)
     noisy_buf = torch.empty_like(clean_buf)
@@ -200,16 +209,19 @@ def train_steps(policy, optimizer, clean: torch.Tensor, order: torch.Tensor, noi
     for step in range(start, stop):
         index = order[step * batch_size:(step + 1) * batch_size]
         n = len(index)
-        batch, noisy = clean_buf[:n], noisy_buf[:n]
-        torch.index_select(clean, 0, index, out=batch)
-        noise.apply_(batch, noisy, generator)
-        denoised = forward(noisy.to(policy.dtype) if low else noisy)
-        loss = F.mse_loss(denoised.float(), batch)
-        loss.backward()
-        policy.after_backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        policy.after_step()
+        if fused:
+            loss = policy.step(clean, index, noise, generator)
+        else:
+            batch, noisy = clean_buf[:n], noisy_buf[:n]
+            torch.index_select(clean, 0, index, out=batch)
+            noise.apply_(batch, noisy, generator)
+            denoised = forward(noisy.to(policy.dtype) if low else noisy)
+            loss = F.mse_loss(denoised.float(), batch)
+            loss.backward()
+            policy.after_backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            policy.after_step()
         loss_sum += loss.detach() * n
         samples += n
         steps += 1
@@ -259,6 +271,22 @@ def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device
     generator.set_state(state["generator"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def make_training_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                         device: torch.device, distributed: bool = False):
+    """How the training step runs: daelab's fused kernels where they apply, else a precision policy.
+
+    Fused: bf16, ``--kernels auto``, one process, a CPU, an MLP of the study's shape and a C compiler
+    (see :func:`daelab.fused.make_fused`). Otherwise PyTorch's ops through
+    :func:`daelab.precision.make_policy`. Call after loading a checkpoint: the bf16 copies are taken then.
+    """
+    precision = resolve_precision(config.precision, device)
+    if precision == "bf16" and config.kernels == "auto" and not distributed:
+        policy = make_fused(model, optimizer, device)
+        if policy is not None:
+            return policy
+    return make_policy(model, precision)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -316,12 +344,12 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
             if epoch_step:
                 epoch_acc = list(state["epoch_acc"])
             log.info("resuming %s at epoch %d step %d", run_dir, epoch + 1, epoch_step)
+        policy = make_training_policy(model, optimizer, config, device, ctx.enabled)  # after loading
         if ctx.is_main:
             write_json(run_dir / CONFIG_FILE, {"model": to_jsonable(model_config), "train": to_jsonable(config),
                                                "precision": resolve_precision(config.precision, device),
+                                               "kernels": "fused" if getattr(policy, "fused", False) else "torch",
                                                "device": str(device), "world_size": ctx.world_size})
-        precision = resolve_precision(config.precision, device)
-        policy = make_policy(model, precision)  # after loading: the shadow copies the master weights
         train_model = dist.wrap_model(policy.module, ctx, config.sync_bn)
         noise = parse_noise(config.noise)
         n_local = usable_samples(dist.shard_size(len(data.train), ctx), config.batch_size)

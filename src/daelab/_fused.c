@@ -1,0 +1,261 @@
+/* daelab's fused CPU kernels for the study MLP's bf16 training step (see daelab/fused.py).
+ *
+ * Each function is one pass (or two) over a batch-sized array that PyTorch would walk 4-10 times
+ * with separate ops: BatchNorm + dropout + LeakyReLU forward and backward, sigmoid + MSE + their
+ * gradient, Gaussian noise with the batch gather, and Adam with the bf16 shadow write. Matrix
+ * products stay in PyTorch (oneDNN). Arrays are row-major (batch, features); bf16 is stored as
+ * uint16 (the top half of an fp32, rounded to nearest even, as PyTorch does).
+ *
+ * Random numbers come from Philox4x32-10 (Salmon et al., SC'11), counter-based: the value for
+ * element e depends only on (seed, e), so results do not depend on the thread count and a resumed
+ * run draws exactly what an uninterrupted one would. Threads come from OpenMP; loaded after torch,
+ * this library shares torch's libgomp (same soname) and so its thread pool.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7FFFu + ((u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+/* Philox4x32-10 of counter (c0, stream, 0, 0) under key (k0, k1); a macro-free inline function
+ * with scalar outputs so that loops over c0 vectorise (AVX-512: 16 counters per instruction). */
+static inline void philox(uint32_t c0, uint32_t stream, uint32_t k0, uint32_t k1, uint32_t *o0, uint32_t *o1,
+                          uint32_t *o2, uint32_t *o3) {
+    uint32_t x0 = c0, x1 = stream, x2 = 0, x3 = 0;
+    for (int r = 0; r < 10; r++) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * x0, p1 = (uint64_t)0xCD9E8D57u * x2;
+        uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1 ^ k0, y2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1;
+        x1 = (uint32_t)p1;
+        x3 = (uint32_t)p0;
+        x0 = y0;
+        x2 = y2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    *o0 = x0; *o1 = x1; *o2 = x2; *o3 = x3;
+}
+
+static inline float open_unit(uint32_t bits) { /* uniform on (0, 1): never 0, so log() is finite */
+    return ((float)(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
+}
+
+#define CHUNK 64 /* Philox groups per vectorised chunk: 256 values */
+
+/* Gather rows `index` of `data` (n_rows, dim) into `clean` (batch, dim) and write
+ * noisy = clip(clean + sigma * N(0, 1), 0, 1) as bf16. Normals by Box-Muller, four per Philox call:
+ * in the chunk of 4 * CHUNK values starting at e0 = c * 4 * CHUNK, value e0 + q * CHUNK + j comes
+ * from word q of counter c * CHUNK + j (contiguous stores, so the loops vectorise). A batch may
+ * hold up to 2^34 values; `stream` separates draws that share a seed. */
+void gather_gaussian(const float *data, const int64_t *index, int64_t batch, int64_t dim, float sigma,
+                     uint64_t seed, uint32_t stream, float *clean, uint16_t *noisy) {
+    const int64_t n = batch * dim, chunks = (n + 4 * CHUNK - 1) / (4 * CHUNK);
+    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    #pragma omp parallel
+    {
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < batch; r++)
+            memcpy(clean + r * dim, data + index[r] * dim, (size_t)dim * sizeof(float));
+        #pragma omp for schedule(static)
+        for (int64_t c = 0; c < chunks; c++) {
+            uint32_t w0[CHUNK], w1[CHUNK], w2[CHUNK], w3[CHUNK];
+            float z[4 * CHUNK];
+            const uint32_t g0 = (uint32_t)(c * CHUNK);
+            #pragma omp simd
+            for (int j = 0; j < CHUNK; j++) philox(g0 + (uint32_t)j, stream, k0, k1, &w0[j], &w1[j], &w2[j], &w3[j]);
+            #pragma omp simd
+            for (int j = 0; j < CHUNK; j++) {
+                float r0 = sqrtf(-2.0f * logf(open_unit(w0[j]))), t0 = 6.2831853f * open_unit(w1[j]);
+                float r1 = sqrtf(-2.0f * logf(open_unit(w2[j]))), t1 = 6.2831853f * open_unit(w3[j]);
+                z[j] = r0 * cosf(t0);
+                z[CHUNK + j] = r0 * cosf(t0 - 1.5707963f); /* sin, written as a cos: GCC would fuse */
+                z[2 * CHUNK + j] = r1 * cosf(t1);
+                z[3 * CHUNK + j] = r1 * cosf(t1 - 1.5707963f); /* sinf+cosf into sincosf, which has no SIMD form */
+            }
+            const int64_t e0 = c * 4 * CHUNK, m = n - e0 < 4 * CHUNK ? n - e0 : 4 * CHUNK;
+            #pragma omp simd
+            for (int64_t k = 0; k < m; k++) {
+                float v = clean[e0 + k] + sigma * z[k];
+                v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+                noisy[e0 + k] = f32_to_bf16(v);
+            }
+        }
+    }
+}
+
+/* keep[e] = 1 with probability 1 - threshold / 2^32, else 0 (dropout's keep mask). */
+void dropout_mask(uint64_t seed, uint32_t stream, int64_t n, uint32_t threshold, uint8_t *keep) {
+    const int64_t chunks = (n + 4 * CHUNK - 1) / (4 * CHUNK);
+    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    #pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < chunks; c++) {
+        uint32_t w[4][CHUNK];
+        const uint32_t g0 = (uint32_t)(c * CHUNK);
+        #pragma omp simd
+        for (int j = 0; j < CHUNK; j++) philox(g0 + (uint32_t)j, stream, k0, k1, &w[0][j], &w[1][j], &w[2][j], &w[3][j]);
+        const int64_t e0 = c * 4 * CHUNK, m = n - e0 < 4 * CHUNK ? n - e0 : 4 * CHUNK;
+        const uint32_t *words = &w[0][0]; /* value e0 + q * CHUNK + j is word q of counter g0 + j */
+        #pragma omp simd
+        for (int64_t k = 0; k < m; k++) keep[e0 + k] = words[k] >= threshold;
+    }
+}
+
+#define COLS 32 /* columns per work item: two AVX-512 vectors of fp32 */
+
+/* Training-mode BatchNorm over the batch, then dropout (keep may be NULL), then LeakyReLU.
+ * z: (batch, feat) bf16 pre-activations (without the Linear bias, which BatchNorm cancels).
+ * Writes act (bf16), mean and rstd per feature, and updates the running statistics the way
+ * torch.nn.BatchNorm1d does (running_mean sees the bias; running_var is unbiased). */
+void bn_forward(const uint16_t *z, int64_t batch, int64_t feat, const float *bias, const float *gamma,
+                const float *beta, float eps, float momentum, float *running_mean, float *running_var,
+                const uint8_t *keep, float keep_scale, float slope, uint16_t *act, float *mean_out,
+                float *rstd_out) {
+    const int64_t blocks = (feat + COLS - 1) / COLS;
+    #pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t c0 = b * COLS, width = feat - c0 < COLS ? feat - c0 : COLS;
+        float sum[COLS] = {0}, sq[COLS] = {0}, mean[COLS], scale[COLS], shift[COLS];
+        for (int64_t r = 0; r < batch; r++) {
+            const uint16_t *row = z + r * feat + c0;
+            for (int64_t j = 0; j < width; j++) sum[j] += bf16_to_f32(row[j]);
+        }
+        for (int64_t j = 0; j < width; j++) mean[j] = sum[j] / (float)batch;
+        for (int64_t r = 0; r < batch; r++) {
+            const uint16_t *row = z + r * feat + c0;
+            for (int64_t j = 0; j < width; j++) {
+                float d = bf16_to_f32(row[j]) - mean[j];
+                sq[j] += d * d;
+            }
+        }
+        for (int64_t j = 0; j < width; j++) {
+            int64_t c = c0 + j;
+            float var = sq[j] / (float)batch, rstd = 1.0f / sqrtf(var + eps);
+            mean_out[c] = mean[j];
+            rstd_out[c] = rstd;
+            scale[j] = gamma[c] * rstd;
+            shift[j] = beta[c] - mean[j] * scale[j];
+            running_mean[c] += momentum * (mean[j] + bias[c] - running_mean[c]);
+            running_var[c] += momentum * (sq[j] / (float)(batch > 1 ? batch - 1 : 1) - running_var[c]);
+        }
+        for (int64_t r = 0; r < batch; r++) {
+            const uint16_t *row = z + r * feat + c0;
+            uint16_t *out = act + r * feat + c0;
+            const uint8_t *mask = keep ? keep + r * feat + c0 : 0;
+            for (int64_t j = 0; j < width; j++) {
+                float u = bf16_to_f32(row[j]) * scale[j] + shift[j];
+                if (mask) u *= mask[j] ? keep_scale : 0.0f;
+                out[j] = f32_to_bf16(u > 0.0f ? u : slope * u);
+            }
+        }
+    }
+}
+
+/* Backward of bn_forward: from d(act) to d(z) (bf16, for the matrix products), d(gamma), d(beta).
+ * LeakyReLU's slope is read off the sign of act (slope > 0 keeps the sign). */
+void bn_backward(const uint16_t *dact, const uint16_t *act, const uint16_t *z, int64_t batch, int64_t feat,
+                 const uint8_t *keep, float keep_scale, float slope, const float *gamma, const float *mean,
+                 const float *rstd, uint16_t *dz, float *dgamma, float *dbeta) {
+    const int64_t blocks = (feat + COLS - 1) / COLS;
+    #pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t c0 = b * COLS, width = feat - c0 < COLS ? feat - c0 : COLS;
+        float sum_du[COLS] = {0}, sum_duz[COLS] = {0}, k1[COLS], k2[COLS], k3[COLS];
+        for (int64_t r = 0; r < batch; r++) {
+            const int64_t o = r * feat + c0;
+            for (int64_t j = 0; j < width; j++) {
+                float du = bf16_to_f32(dact[o + j]) * (bf16_to_f32(act[o + j]) > 0.0f ? 1.0f : slope);
+                if (keep) du *= keep[o + j] ? keep_scale : 0.0f;
+                float zhat = (bf16_to_f32(z[o + j]) - mean[c0 + j]) * rstd[c0 + j];
+                sum_du[j] += du;
+                sum_duz[j] += du * zhat;
+            }
+        }
+        for (int64_t j = 0; j < width; j++) {
+            int64_t c = c0 + j;
+            dgamma[c] = sum_duz[j];
+            dbeta[c] = sum_du[j];
+            /* dz = gamma * rstd * (du - mean(du) - zhat * mean(du * zhat)) */
+            k1[j] = gamma[c] * rstd[c];
+            k2[j] = sum_du[j] / (float)batch;
+            k3[j] = sum_duz[j] / (float)batch;
+        }
+        for (int64_t r = 0; r < batch; r++) {
+            const int64_t o = r * feat + c0;
+            for (int64_t j = 0; j < width; j++) {
+                float du = bf16_to_f32(dact[o + j]) * (bf16_to_f32(act[o + j]) > 0.0f ? 1.0f : slope);
+                if (keep) du *= keep[o + j] ? keep_scale : 0.0f;
+                float zhat = (bf16_to_f32(z[o + j]) - mean[c0 + j]) * rstd[c0 + j];
+                dz[o + j] = f32_to_bf16(k1[j] * (du - k2[j] - zhat * k3[j]));
+            }
+        }
+    }
+}
+
+/* Output layer: y = sigmoid(z + bias); returns sum((y - clean)^2) and writes
+ * dz = grad_scale * 2 (y - clean) y (1 - y) as bf16 and dbias = column sums of dz (fp32). */
+double sigmoid_mse(const uint16_t *z, const float *bias, const float *clean, int64_t batch, int64_t feat,
+                   float grad_scale, uint16_t *dz, float *dbias) {
+    const int64_t blocks = (feat + COLS - 1) / COLS;
+    double total = 0.0;
+    #pragma omp parallel for schedule(static) reduction(+ : total)
+    for (int64_t b = 0; b < blocks; b++) {
+        const int64_t c0 = b * COLS, width = feat - c0 < COLS ? feat - c0 : COLS;
+        float db[COLS] = {0}, sq[COLS] = {0};
+        for (int64_t r = 0; r < batch; r++) {
+            const int64_t o = r * feat + c0;
+            for (int64_t j = 0; j < width; j++) {
+                float y = 1.0f / (1.0f + expf(-(bf16_to_f32(z[o + j]) + bias[c0 + j])));
+                float diff = y - clean[o + j];
+                float g = grad_scale * 2.0f * diff * y * (1.0f - y);
+                uint16_t gb = f32_to_bf16(g);
+                dz[o + j] = gb;
+                db[j] += g;
+                sq[j] += diff * diff;
+            }
+        }
+        double part = 0.0;
+        for (int64_t j = 0; j < width; j++) {
+            dbias[c0 + j] = db[j];
+            part += sq[j];
+        }
+        total += part;
+    }
+    return total;
+}
+
+/* One Adam step (torch.optim.Adam, no weight decay, no amsgrad) on n values. The gradient is bf16
+ * when grad_bf16 != 0, else fp32. When shadow is not NULL the updated value is also written there
+ * as bf16. step_size = lr / (1 - beta1^t); denom = sqrt(v) / sqrt(1 - beta2^t) + eps. */
+void adam(float *param, const void *grad, int grad_bf16, float *exp_avg, float *exp_avg_sq, uint16_t *shadow,
+          int64_t n, float beta1, float beta2, float eps, float step_size, float bias_correction2_sqrt) {
+    const uint16_t *g16 = (const uint16_t *)grad;
+    const float *g32 = (const float *)grad;
+    #pragma omp parallel for schedule(static) if (n > 16384)
+    for (int64_t i = 0; i < n; i++) {
+        float g = grad_bf16 ? bf16_to_f32(g16[i]) : g32[i];
+        float m = exp_avg[i] + (1.0f - beta1) * (g - exp_avg[i]);
+        float v = beta2 * exp_avg_sq[i] + (1.0f - beta2) * g * g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        float p = param[i] - step_size * m / (sqrtf(v) / bias_correction2_sqrt + eps);
+        param[i] = p;
+        if (shadow) shadow[i] = f32_to_bf16(p);
+    }
+}
+
+/* dst (bf16) = src (fp32), rounded to nearest even. */
+void to_bf16(const float *src, uint16_t *dst, int64_t n) {
+    #pragma omp parallel for schedule(static) if (n > 16384)
+    for (int64_t i = 0; i < n; i++) dst[i] = f32_to_bf16(src[i]);
+}
