@@ -76,6 +76,35 @@ def test_stacked_seeds_equal_seeds_trained_one_by_one():
     assert len(set(map(tuple, stacked.model.w1.detach().flatten(1).tolist()))) == 3  # the seeds really differ
 
 
+@pytest.mark.parametrize("batch_size", [32, 50])  # 50: a partial last batch (349 = 6 * 50 + 49)
+def test_fused_steps_equal_autograd(batch_size):
+    from daelab.fused import load_kernels
+    if load_kernels() is None:
+        pytest.skip("no C compiler for the fused kernels")
+    features, labels = _blobs(n=449, dim=20)
+    cut = keras_validation_split(len(features), 2 / 9)
+    settings = ClassifierSettings(epochs=3, batch_size=batch_size)
+    args = (features[:cut], labels[:cut], features[cut:], labels[cut:])
+    fused = train_classifiers(*args, seeds=[1, 2], settings=settings, fused=True)
+    reference = train_classifiers(*args, seeds=[1, 2], settings=settings, fused=False)
+    for name, value in reference.model.state_dict().items():
+        torch.testing.assert_close(fused.model.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert not torch.equal(fused.model.w1, StackedClassifier(20, 2).w1)  # it trained
+    assert fused.val_accuracy == reference.val_accuracy
+
+
+def test_epoch_masks_rate_and_scale_with_and_without_kernels():
+    from daelab.classifier import epoch_masks
+    from daelab.fused import load_kernels
+    for lib in {None, load_kernels()}:
+        masks = epoch_masks([seed_generator(7, 1), seed_generator(8, 1)], torch.empty(2, 5000, 96), lib)
+        assert masks.unique().tolist() == [0.0, pytest.approx(1 / 0.6)]
+        assert float((masks > 0).float().mean()) == pytest.approx(0.6, abs=0.005)
+        assert not torch.equal(masks[0], masks[1])
+        again = epoch_masks([seed_generator(7, 1)], torch.empty(1, 5000, 96), lib)
+        assert torch.equal(again[0], masks[0])  # a seed's masks do not depend on its neighbours
+
+
 def test_early_stopping_keeps_the_best_epoch():
     features, labels = _blobs(seed=1)
     cut = keras_validation_split(len(features), 2 / 9)

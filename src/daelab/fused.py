@@ -49,11 +49,16 @@ _P, _I64, _U32, _U64, _F, _INT = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint
 _SIGNATURES = {
     "gather_gaussian": ([_P, _P, _I64, _I64, _F, _U64, _U32, _P, _P], None),
     "dropout_mask": ([_U64, _U32, _I64, _U32, _P], None),
+    "dropout_mask_f32": ([_U64, _U32, _I64, _U32, _F, _P], None),
     "bn_forward": ([_P, _I64, _I64, _P, _P, _P, _F, _F, _P, _P, _P, _F, _F, _P, _P, _P], None),
     "bn_backward": ([_P, _P, _P, _I64, _I64, _P, _F, _F, _P, _P, _P, _P, _P, _P], None),
     "sigmoid_mse": ([_P, _P, _P, _I64, _I64, _F, _P, _P], ctypes.c_double),
     "adam": ([_P, _P, _INT, _P, _P, _P, _I64, _F, _F, _F, _F, _F], None),
     "to_bf16": ([_P, _P, _I64], None),
+    "relu_mask": ([_P, _I64, _I64, _I64, _P, _I64, _I64], None),
+    "relu_mask_backward": ([_P, _P, _I64, _I64, _I64, _P, _I64, _I64, _P], None),
+    "classifier_tail": ([_P, _I64, _I64, _I64, _I64, _P, _I64, _I64, _P, _I64, _P, _P, _P, _P, _F, _F, _P, _P,
+                         _P, _P, _P, _P, _P, _P, _P, _P], ctypes.c_double),
 }
 
 
@@ -120,7 +125,7 @@ def load_kernels() -> ctypes.CDLL | None:
     return _LIB
 
 
-def _ptr(tensor: torch.Tensor | None) -> int | None:
+def ptr(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
@@ -192,6 +197,7 @@ class FusedMLP:
         self.module = self.master = model
         self.optimizer, self.layers, self.lib = optimizer, layers, lib
         self._buffers: dict[int, dict] = {}
+        self._optimizer_step: FusedAdam | None = None
         self._grads: dict[torch.Tensor, torch.Tensor] = {}  # master parameter -> its gradient buffer
         for layer in layers:
             self._grads[layer.linear.weight] = torch.empty_like(layer.weight)  # bf16, from a matrix product
@@ -270,12 +276,12 @@ class FusedMLP:
         seed = int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64)) % 2 ** 64
         clean, noisy = buffers["clean"], buffers["input"]
         if isinstance(noise, Gaussian):
-            lib.gather_gaussian(_ptr(data), _ptr(index), batch, data.shape[1], noise.level, seed, 0,
-                                _ptr(clean), _ptr(noisy))
+            lib.gather_gaussian(ptr(data), ptr(index), batch, data.shape[1], noise.level, seed, 0,
+                                ptr(clean), ptr(noisy))
         else:
             torch.index_select(data, 0, index, out=clean)
             noise.apply_(clean, buffers["noisy32"], generator)
-            lib.to_bf16(_ptr(buffers["noisy32"]), _ptr(noisy), noisy.numel())
+            lib.to_bf16(ptr(buffers["noisy32"]), ptr(noisy), noisy.numel())
         activations = [noisy]
         for k, (layer, buf) in enumerate(zip(self.layers, buffers["layers"])):
             x = activations[-1]
@@ -288,18 +294,18 @@ class FusedMLP:
                 activations.append(self._bn_forward(layer, buf, batch, seed, k + 1))
         out = self.layers[-1]
         width = out.linear.out_features
-        total = lib.sigmoid_mse(_ptr(buffers["layers"][-1]["z"]), _ptr(out.linear.bias), _ptr(clean), batch, width,
-                                1.0 / (batch * width), _ptr(buffers["layers"][-1]["dz"]),
-                                _ptr(self._grads[out.linear.bias]))
+        total = lib.sigmoid_mse(ptr(buffers["layers"][-1]["z"]), ptr(out.linear.bias), ptr(clean), batch, width,
+                                1.0 / (batch * width), ptr(buffers["layers"][-1]["dz"]),
+                                ptr(self._grads[out.linear.bias]))
         for k in range(len(self.layers) - 1, -1, -1):
             layer, buf, x = self.layers[k], buffers["layers"][k], activations[k]
             dz = buf["dz"]
             if layer.kind == "bn":
                 bn, keep = layer.bn, buf.get("keep")
-                lib.bn_backward(_ptr(buf["dact_out"]), _ptr(buf["act"]), _ptr(buf["z"]), batch,
-                                layer.linear.out_features, _ptr(keep), 1.0 / (1.0 - layer.dropout), layer.slope,
-                                _ptr(bn.weight), _ptr(buf["mean"]), _ptr(buf["rstd"]), _ptr(dz),
-                                _ptr(self._grads[bn.weight]), _ptr(self._grads[bn.bias]))
+                lib.bn_backward(ptr(buf["dact_out"]), ptr(buf["act"]), ptr(buf["z"]), batch,
+                                layer.linear.out_features, ptr(keep), 1.0 / (1.0 - layer.dropout), layer.slope,
+                                ptr(bn.weight), ptr(buf["mean"]), ptr(buf["rstd"]), ptr(dz),
+                                ptr(self._grads[bn.weight]), ptr(self._grads[bn.bias]))
             elif layer.kind == "linear":
                 if self.layers[k + 1].kind != "bn":  # before a BatchNorm layer the bias has no effect: grad 0
                     torch.sum(buf["dact_out"], 0, dtype=torch.float32, out=self._grads[layer.linear.bias])
@@ -314,32 +320,59 @@ class FusedMLP:
         bn, keep, width = layer.bn, buf.get("keep"), layer.linear.out_features
         if keep is not None:
             threshold = min(int(round(layer.dropout * 2 ** 32)), 2 ** 32 - 1)
-            self.lib.dropout_mask(seed, stream, keep.numel(), threshold, _ptr(keep))
+            self.lib.dropout_mask(seed, stream, keep.numel(), threshold, ptr(keep))
         momentum = bn.momentum
-        self.lib.bn_forward(_ptr(buf["z"]), batch, width, _ptr(layer.linear.bias), _ptr(bn.weight), _ptr(bn.bias),
-                            bn.eps, momentum, _ptr(bn.running_mean), _ptr(bn.running_var), _ptr(keep),
-                            1.0 / (1.0 - layer.dropout), layer.slope, _ptr(buf["act"]), _ptr(buf["mean"]),
-                            _ptr(buf["rstd"]))
+        self.lib.bn_forward(ptr(buf["z"]), batch, width, ptr(layer.linear.bias), ptr(bn.weight), ptr(bn.bias),
+                            bn.eps, momentum, ptr(bn.running_mean), ptr(bn.running_var), ptr(keep),
+                            1.0 / (1.0 - layer.dropout), layer.slope, ptr(buf["act"]), ptr(buf["mean"]),
+                            ptr(buf["rstd"]))
         bn.num_batches_tracked += 1
         return buf["act"]
 
     def _adam(self) -> None:
-        group = self.optimizer.param_groups[0]
-        beta1, beta2 = group["betas"]
-        lr = float(group["lr"])
-        shadows = {layer.linear.weight: layer.weight for layer in self.layers}
-        shadows.update({layer.linear.bias: layer.bias for layer in self.layers if layer.bias is not None})
-        for param, grad in self._grads.items():
-            state = self.optimizer.state[param]
+        if self._optimizer_step is None:  # built at the first step: after any optimizer state was loaded
+            shadows = {layer.linear.weight: layer.weight for layer in self.layers}
+            shadows.update({layer.linear.bias: layer.bias for layer in self.layers if layer.bias is not None})
+            self._optimizer_step = FusedAdam(self.lib, self.optimizer, self._grads, shadows)
+        self._optimizer_step.step()
+
+
+class FusedAdam:
+    """``torch.optim.Adam``'s step (one group, no weight decay, no amsgrad) in C, on its own state.
+
+    ``grads`` maps each parameter to its gradient buffer (fp32 or bf16); ``shadows`` maps some
+    parameters to bf16 copies rewritten with the updated values in the same pass. The state tensors
+    (``step``, ``exp_avg``, ``exp_avg_sq``) are the optimizer's, created here as Adam would, so
+    ``optimizer.state_dict()`` stays valid; build this after loading any optimizer state.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, optimizer: torch.optim.Adam, grads: dict, shadows: dict | None = None):
+        self.lib, self.group = lib, optimizer.param_groups[0]
+        shadows = shadows or {}
+        self.steps, self.calls = [], []
+        for param, grad in grads.items():
+            state = optimizer.state[param]
             if not state:
                 state["step"] = torch.tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            state["step"] += 1
-            t = float(state["step"])
-            self.lib.adam(_ptr(param), _ptr(grad), int(grad.dtype == torch.bfloat16), _ptr(state["exp_avg"]),
-                          _ptr(state["exp_avg_sq"]), _ptr(shadows.get(param)), param.numel(), beta1, beta2,
-                          group["eps"], lr / (1 - beta1 ** t), math.sqrt(1 - beta2 ** t))
+            self.steps.append(state["step"])
+            self.calls.append((ptr(param), ptr(grad), int(grad.dtype == torch.bfloat16), ptr(state["exp_avg"]),
+                               ptr(state["exp_avg_sq"]), ptr(shadows.get(param)), param.numel()))
+        self.t = float(self.steps[0]) if self.steps else 0.0
+        if any(float(step) != self.t for step in self.steps):
+            raise ValueError("parameters at different Adam steps")
+
+    def step(self) -> None:
+        torch._foreach_add_(self.steps, 1.0)
+        self.t += 1
+        beta1, beta2 = self.group["betas"]
+        step_size = float(self.group["lr"]) / (1 - beta1 ** self.t)
+        bias_correction2_sqrt = math.sqrt(1 - beta2 ** self.t)
+        eps, adam = self.group["eps"], self.lib.adam
+        for param, grad, grad_bf16, exp_avg, exp_avg_sq, shadow, n in self.calls:
+            adam(param, grad, grad_bf16, exp_avg, exp_avg_sq, shadow, n, beta1, beta2, eps, step_size,
+                 bias_correction2_sqrt)
 
 
 def make_fused(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> FusedMLP | None:

@@ -90,10 +90,12 @@ class ProbeConfig:
     checkpoint: str = field(default="best", metadata={"help": "which checkpoint of the run",
                                                       "choices": ("best", "last")})
     level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
-    # Default 1: the classifier's ops are tiny, and a second spinning thread on busy cores made an
-    # epoch 100x slower (benchmarks/bench_probe.py: 0.4 s vs 43 s on 2 shared cores).
-    threads: int = field(default=1, metadata={"help": "CPU threads for PyTorch and scikit-learn's BLAS; 0 = "
-                                                     "their defaults (1 is fastest for this small classifier)"})
+    # Default 0: the classifier (fused kernels) and kNN run on every core, and the linear probe on one,
+    # which measured fastest on a quiet 2-core machine (5-epoch probe: MLPs 12.0 s -> 8.5 s, kNN 27 s ->
+    # 15 s with 2 threads; lbfgs 31 s with 1 thread, 54 s with 2). On a machine shared with other
+    # jobs use 1: spinning OpenMP threads on busy cores once made a classifier epoch 100x slower.
+    threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch and scikit-learn; 0 = every core "
+                                                     "(the linear probe on one); use 1 on a busy shared machine"})
     data_dir: str | None = field(default=None, metadata={"help": "dataset (default: the run's own data_dir, "
                                                                  "then the usual search)", "metavar": "PATH"})
 
@@ -224,7 +226,10 @@ def run_probe(probe: str, feature: dict, labels: dict, cut: int, seeds: list[int
     else:
         train_np, test_np, y_np = train_all[:cut].numpy(), test.numpy(), train_y[:cut].numpy()
         if probe == "linear":
-            prediction, extra = run_linear(train_np, y_np, test_np, config.linear_c, config.linear_max_iter)
+            from threadpoolctl import threadpool_limits
+            # lbfgs's many small parallel regions ran slower on 2 threads than on 1
+            with threadpool_limits(limits=config.threads or 1):
+                prediction, extra = run_linear(train_np, y_np, test_np, config.linear_c, config.linear_max_iter)
         else:
             prediction, extra = run_knn(train_np, y_np, test_np, config.knn_k)
         predictions = prediction[None, :]

@@ -26,8 +26,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from daelab.errors import DaelabError
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
-from daelab.train import (TrainConfig, make_optimizer, make_training_policy, resolve_device, train_steps,
-                          usable_samples)
+from daelab.train import TrainConfig, make_optimizer, make_training_policy, resolve_device, train_steps, usable_samples
 
 
 class DenoisingAutoencoder(TransformerMixin, BaseEstimator):

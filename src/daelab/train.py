@@ -32,9 +32,9 @@ from daelab.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
+from daelab.fused import make_fused
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
-from daelab.fused import make_fused
 from daelab.precision import make_policy
 from daelab.runs import CONFIG_FILE, RunLock, write_json, write_metrics
 
