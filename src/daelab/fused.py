@@ -104,6 +104,9 @@ def build_kernels(compiler: str | None = None) -> Path:
         subprocess.run([compiler, "-shared", "-fopenmp", str(obj), "-o", str(lib), "-lm"],
                        capture_output=True, text=True, check=True)
         os.replace(lib, target)  # atomic: a concurrent build or a crash never leaves half a library
+    for old in target.parent.glob("fused-*.so"):  # builds of older sources (a process using one keeps it)
+        if old != target:
+            old.unlink(missing_ok=True)
     return target
 
 
