@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <xmmintrin.h>
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -258,16 +259,26 @@ void adam(float *param, const void *grad, int grad_bf16, float *exp_avg, float *
           int64_t n, float beta1, float beta2, float eps, float step_size, float bias_correction2_sqrt) {
     const uint16_t *g16 = (const uint16_t *)grad;
     const float *g32 = (const float *)grad;
-    #pragma omp parallel for schedule(static) if (n > 16384)
-    for (int64_t i = 0; i < n; i++) {
-        float g = grad_bf16 ? bf16_to_f32(g16[i]) : g32[i];
-        float m = exp_avg[i] + (1.0f - beta1) * (g - exp_avg[i]);
-        float v = beta2 * exp_avg_sq[i] + (1.0f - beta2) * g * g;
-        exp_avg[i] = m;
-        exp_avg_sq[i] = v;
-        float p = param[i] - step_size * m / (sqrtf(v) / bias_correction2_sqrt + eps);
-        param[i] = p;
-        if (shadow) shadow[i] = f32_to_bf16(p);
+    #pragma omp parallel if (n > 16384)
+    {
+        /* Flush denormals to zero in this loop only: a weight whose gradient is (nearly) always 0 --
+         * a border pixel's -- has moments that decay into the denormal range, where x86 arithmetic
+         * is ~20x slower (measured: 0.13 ms vs 2.9 ms for 250k values). Below 1.2e-38 a moment
+         * changes no update. */
+        const unsigned int csr = _mm_getcsr();
+        _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
+        #pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            float g = grad_bf16 ? bf16_to_f32(g16[i]) : g32[i];
+            float m = exp_avg[i] + (1.0f - beta1) * (g - exp_avg[i]);
+            float v = beta2 * exp_avg_sq[i] + (1.0f - beta2) * g * g;
+            exp_avg[i] = m;
+            exp_avg_sq[i] = v;
+            float p = param[i] - step_size * m / (sqrtf(v) / bias_correction2_sqrt + eps);
+            param[i] = p;
+            if (shadow) shadow[i] = f32_to_bf16(p);
+        }
+        _mm_setcsr(csr);
     }
 }
 
