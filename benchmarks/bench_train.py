@@ -10,7 +10,7 @@ Modes: ``fp32`` (PyTorch ops, fp32), ``bf16-torch`` (PyTorch ops, bf16 shadow we
 torch``), ``bf16`` (the default: daelab's fused C kernels, bf16 matmuls, fp32 master weights).
 
     python benchmarks/bench_train.py                 # the full table (a few minutes)
-    python benchmarks/bench_train.py --epochs 2 --loss-epochs 0 --json out.json
+    python benchmarks/bench_train.py --epochs 2 --rounds 1 --loss-epochs 0 --json out.json
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -35,15 +36,18 @@ ROOT = Path(__file__).resolve().parents[1]
 PLAIN = ROOT.parent / "shared" / "bench" / "plain_torch_dae.py"
 
 
-def gemm_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 20) -> float:
-    """GFLOP/s of a square matrix product in ``dtype``."""
+def gemm_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, tries: int = 3) -> float:
+    """GFLOP/s of a square matrix product in ``dtype``: the best of ``tries`` timings (a peak)."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     for _ in range(3):
         a @ b
-    began = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * size ** 3 * repeats / (time.perf_counter() - began) / 1e9
+    best = 0.0
+    for _ in range(tries):
+        began = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, 2 * size ** 3 * repeats / (time.perf_counter() - began) / 1e9)
+    return best
 
 
 MODES = {"fp32": {"precision": "fp32", "kernels": "torch"},
@@ -124,7 +128,9 @@ def inference_rate(images: torch.Tensor, mode: str, batch_size: int = 2500, repe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per contender (first is warm-up)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per contender and round (the first is "
+                        "warm-up; the median of the others counts)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all contenders (medians are reported)")
     parser.add_argument("--loss-epochs", type=int, default=10, help="epochs for the validation-loss check; 0 skips")
     parser.add_argument("--modes", default="fp32,bf16-torch,bf16", help="comma-separated: " + ", ".join(MODES))
     parser.add_argument("--data-dir", default=None)
@@ -146,21 +152,34 @@ def main() -> None:
           f"GFLOP/s ({torch.get_num_threads()} threads); the study model's own bf16 GEMM shapes alone: "
           f"{result['model_gemm_gflops_bf16']:.0f} GFLOP/s "
           f"({result['model_gemm_gflops_bf16'] / result['gemm_gflops']['bf16']:.0%} of peak)", flush=True)
-    plain = plain_loop(args.epochs, args.data_dir)
-    result["plain_samples_per_s"] = plain["samples_per_s"]
-    print(f"plain PyTorch loop: {plain['samples_per_s']:,.0f} samples/s", flush=True)
+    # Rounds: every contender runs once per round, so a drift in the shared machine's speed hits
+    # them all alike; ratios are taken within a round, then the median over rounds is reported.
+    per_round: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        rates = {"plain": plain_loop(args.epochs, args.data_dir)["samples_per_s"]}
+        for mode in modes:
+            rates[mode] = daelab_rate(clean, mode, args.epochs)
+        per_round.append(rates)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items())
+              + " samples/s", flush=True)
+    result["rounds"] = per_round
+    plain_rate = median([rates["plain"] for rates in per_round])
+    result["plain_samples_per_s"] = plain_rate
+    print(f"plain PyTorch loop: {plain_rate:,.0f} samples/s (median of {args.rounds} rounds)", flush=True)
     result["daelab"] = {}
     for mode in modes:
-        rate = daelab_rate(clean, mode, args.epochs)
+        rate = median([rates[mode] for rates in per_round])
+        ratios = [rates[mode] / rates["plain"] for rates in per_round]
         achieved = rate * flops / 1e9
-        entry = {"samples_per_s": rate, "ratio_vs_plain": rate / plain["samples_per_s"],
+        entry = {"samples_per_s": rate, "ratio_vs_plain": median(ratios),
+                 "ratio_range": [min(ratios), max(ratios)],
                  "gflops": achieved, "fraction_of_bf16_peak": achieved / result["gemm_gflops"]["bf16"],
                  "fraction_of_fp32_peak": achieved / result["gemm_gflops"]["fp32"],
                  "inference_images_per_s": inference_rate(test, mode)}
         result["daelab"][mode] = entry
-        print(f"daelab {mode}: {rate:,.0f} samples/s = {entry['ratio_vs_plain']:.2f}x plain, "
-              f"{achieved:.0f} GFLOP/s ({entry['fraction_of_fp32_peak']:.0%} of fp32 peak, "
-              f"{entry['fraction_of_bf16_peak']:.0%} of bf16 peak); inference "
+        print(f"daelab {mode}: {rate:,.0f} samples/s = {entry['ratio_vs_plain']:.2f}x plain (rounds: "
+              f"{min(ratios):.2f}-{max(ratios):.2f}x), {achieved:.0f} GFLOP/s ({entry['fraction_of_fp32_peak']:.0%} "
+              f"of fp32 peak, {entry['fraction_of_bf16_peak']:.0%} of bf16 peak); inference "
               f"{entry['inference_images_per_s']:,.0f} images/s", flush=True)
     if args.loss_epochs:
         for mode in modes:
@@ -181,8 +200,8 @@ def main() -> None:
     print("\n| contender | samples/s | x plain | GFLOP/s | of bf16 peak | of model-GEMM rate | inference img/s "
           "| val loss |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| plain loop (fp32) | {plain['samples_per_s']:,.0f} | 1.00 | "
-          f"{plain['samples_per_s'] * flops / 1e9:.0f} | | | | |")
+    print(f"| plain loop (fp32) | {plain_rate:,.0f} | 1.00 | "
+          f"{plain_rate * flops / 1e9:.0f} | | | | |")
     for mode, e in result["daelab"].items():
         print(f"| daelab {mode} | {e['samples_per_s']:,.0f} | {e['ratio_vs_plain']:.2f} | {e['gflops']:.0f} | "
               f"{e['fraction_of_bf16_peak']:.0%} | {e['gflops'] / ceiling:.0%} | {e['inference_images_per_s']:,.0f} | "

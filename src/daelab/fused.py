@@ -275,6 +275,9 @@ class FusedMLP:
         from daelab.noise import Gaussian  # local: noise imports nothing from here, keep it that way
 
         lib, batch = self.lib, len(index)
+        # the C gather trusts its inputs: fp32 rows in one block, int64 row numbers
+        if data.dtype != torch.float32 or not data.is_contiguous() or index.dtype != torch.int64:
+            raise ValueError("fused step needs contiguous float32 data and int64 indices")
         buffers = self._batch_buffers(batch)
         seed = int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64)) % 2 ** 64
         clean, noisy = buffers["clean"], buffers["input"]
