@@ -3,6 +3,7 @@ that every embedded figure decodes and every section is there."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -101,6 +102,9 @@ def test_report_with_missing_inputs_says_not_run(bare_run):
     assert "Not run: evaluation.json is missing" in page
     assert "Not run: probe.json is missing" in page
     assert "No reproduce.json" in page
+    config = json.loads((bare_run / "config.json").read_text())
+    kernels = "daelab's fused C kernels" if config["kernels"] == "fused" else "PyTorch ops"
+    assert f"Training step: {config['precision']} matrix products, {kernels}" in page.replace("&#x27;", "'")
     assert "Not run: evaluation.json is missing" in (bare_run / "report.md").read_text()
 
 

@@ -333,6 +333,10 @@ def _run_section(config: dict | None, evaluation: dict | None, probe: dict | Non
             ["cores (usable / total)", f"{env.get('cpu_affinity')} / {env.get('cpu_count')}"],
             ["torch threads", env.get("torch_threads")], ["GPU", env.get("gpu") or "none"],
             ["platform", env.get("platform")]])]
+    if config and config.get("precision"):
+        kernels = "daelab's fused C kernels" if config.get("kernels") == "fused" else "PyTorch ops"
+        blocks.append(Block("p", f"Training step: {config['precision']} matrix products, {kernels}, on "
+                                 f"{config.get('device', '?')}."))
     seeds = [["training", (config or {}).get("train", {}).get("seed", "–")],
              ["evaluation noise draws", (evaluation or {}).get("seed", "not run")],
              ["probe", (probe or {}).get("seeds", "not run")]]

@@ -199,6 +199,8 @@ def train_steps(policy, optimizer, clean: torch.Tensor, order: torch.Tensor, noi
     forward = forward or policy.module
     forward.train()
     fused = getattr(policy, "fused", False)
+    if fused:  # the C gather reads rows of one dense block (an F-ordered array from sklearn is not one)
+        clean = clean.contiguous()
     batch_size = config.batch_size
     clean_buf = torch.empty((batch_size,) + tuple(clean.shape[1:]), dtype=clean.dtype, device=device)
     noisy_buf = torch.empty_like(clean_buf)
