@@ -76,6 +76,26 @@ def test_stacked_seeds_equal_seeds_trained_one_by_one():
     assert len(set(map(tuple, stacked.model.w1.detach().flatten(1).tolist()))) == 3  # the seeds really differ
 
 
+def test_feature_sets_trained_together_equal_each_alone():
+    features, labels = _blobs(n=400, dim=16)
+    other = features.flip(1) * 0.5 + 1.0  # a second feature set of the same width
+    cut = keras_validation_split(len(features), 2 / 9)
+    settings = ClassifierSettings(epochs=2, batch_size=32)
+    joint = train_classifiers([features[:cut], other[:cut]], labels[:cut], [features[cut:], other[cut:]],
+                              labels[cut:], seeds=[3, 4], settings=settings)
+    assert joint.model.n_seeds == 4
+    for k, feats in enumerate((features, other)):
+        alone = train_classifiers(feats[:cut], labels[:cut], feats[cut:], labels[cut:], seeds=[3, 4],
+                                  settings=settings)
+        for name, value in alone.model.state_dict().items():
+            torch.testing.assert_close(joint.model.state_dict()[name][2 * k:2 * k + 2], value, rtol=1e-5, atol=1e-6)
+        assert joint.val_accuracy[2 * k:2 * k + 2] == alone.val_accuracy
+    assert not torch.equal(joint.model.w1[0], joint.model.w1[2])  # same seed, other features: trained apart
+    with pytest.raises(ValueError, match="same shape"):
+        train_classifiers([features[:cut], other[:cut, :8]], labels[:cut], [features[cut:], other[cut:, :8]],
+                          labels[cut:], seeds=[0], settings=settings)
+
+
 @pytest.mark.parametrize("batch_size", [32, 50])  # 50: a partial last batch (349 = 6 * 50 + 49)
 def test_fused_steps_equal_autograd(batch_size):
     from daelab.fused import load_kernels

@@ -135,10 +135,11 @@ class StackedClassifier(nn.Module):
 
     @torch.no_grad()
     def predict(self, features: torch.Tensor, batch_size: int = 8192) -> torch.Tensor:
-        """Predicted classes (S, N) of features (N, n_in), in eval mode."""
+        """Predicted classes (S, N) of features (N, n_in), shared, or (S, N, n_in), per copy; eval mode."""
         was_training = self.training
         self.eval()
-        parts = [self(features[i:i + batch_size]).argmax(dim=-1) for i in range(0, len(features), batch_size)]
+        n = features.shape[-2]
+        parts = [self(features.narrow(-2, i, min(batch_size, n - i))).argmax(dim=-1) for i in range(0, n, batch_size)]
         self.train(was_training)
         return torch.cat(parts, dim=1)
 
@@ -277,9 +278,10 @@ def train_classifiers(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
 
     Parameters
     ----------
-    train_x : (N, D) float32 features; train_y : (N,) int64 labels (same device).
-    val_x, val_y : (M, D) and (M,) validation set (Keras' last 2/9): watched by early stopping and
-        reported; never trained on.
+    train_x : (N, D) float32 features, or a list of K such feature sets (all (N, D), same samples
+        in the same order); train_y : (N,) int64 labels (same device).
+    val_x, val_y : (M, D) (or a list of K) and (M,): the validation set (Keras' last 2/9), watched by
+        early stopping and reported; never trained on.
     seeds : one copy per seed. A seed fixes its copy's initial weights (stream 0) and its sample
         order and dropout masks (stream 1), whatever the features and whichever seeds share the stack.
     settings : epochs, batch size, learning rate, early-stopping patience.
@@ -290,10 +292,22 @@ def train_classifiers(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     -------
     ClassifierFit with the trained stack (eval mode). With early stopping each copy stops when
     its validation accuracy has not improved for ``patience`` epochs and keeps its best weights.
+    With K feature sets the stack holds K * len(seeds) copies, copy ``k * len(seeds) + j`` trained
+    on set k with seed j -- each exactly as it would be alone (tested), with a K-th of the per-step
+    overhead, which dominates this small model's steps.
     """
     settings = settings or ClassifierSettings()
-    seeds = [int(s) for s in seeds]
-    n_seeds, (n, dim), device = len(seeds), train_x.shape, train_x.device
+    groups = [train_x] if torch.is_tensor(train_x) else list(train_x)
+    val_groups = [val_x] if torch.is_tensor(val_x) else list(val_x)
+    if len(val_groups) != len(groups) or any(g.shape != groups[0].shape for g in groups):
+        raise ValueError("feature sets trained together need the same shape, and one validation set each")
+    per_group = [int(s) for s in seeds]
+    seeds = per_group * len(groups)
+    n_seeds, (n, dim), device = len(seeds), groups[0].shape, groups[0].device
+    train_x = groups[0] if len(groups) == 1 else torch.cat(groups)  # (K * N, D): copy s reads rows offset[s] + i
+    offsets = (torch.arange(len(groups)) * n).repeat_interleave(len(per_group)).to(device)[:, None]
+    # per copy, its own validation features: (S, M, D) (or (M, D), shared, for one feature set)
+    val_x = val_groups[0] if len(groups) == 1 else torch.stack([g for g in val_groups for _ in per_group])
     model = StackedClassifier(dim, n_seeds, n_classes).to(device)
     init_generators = [seed_generator(s, STREAM_INIT) for s in seeds]
     data_generators = [seed_generator(s, STREAM_DATA) for s in seeds]
@@ -325,11 +339,12 @@ def train_classifiers(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     for epoch in tqdm(range(1, settings.epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False):
         order = torch.stack([torch.randperm(n, generator=g) for g in data_generators]).to(device)  # (S, N)
         labels = train_y[order]                                                                  # (S, N)
+        rows = order if len(groups) == 1 else order + offsets   # (S, N) rows of train_x
         masks = epoch_masks(data_generators, masks_buf, lib)  # (S, N, 96): kept units scaled by 1/keep
         if masks.device != device:
             masks = masks.to(device)
         for start in range(0, n, batch):
-            index = order[:, start:start + batch]                  # (S, b)
+            index = rows[:, start:start + batch]                   # (S, b)
             b = index.shape[1]
             inputs = torch.index_select(train_x, 0, index.reshape(-1), out=batch_buf[:n_seeds * b])
             if steps is not None:

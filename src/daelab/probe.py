@@ -208,36 +208,59 @@ def run_knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int
     return knn.predict(test_x), {"k": knn.n_neighbors}
 
 
+def _outcome(predictions: np.ndarray, test_y: torch.Tensor, seeds: list[int], varied: str | None, seconds: float,
+             **extra) -> dict:
+    correct = predictions == test_y.numpy()[None, :]  # (n, M)
+    return {"predictions": predictions, "correct": correct, "accuracies": correct.mean(axis=1).tolist(),
+            "seeds": seeds, "varied": varied, "seconds": seconds, **extra}
+
+
+def run_mlp_probes(names: list[str], features: dict, labels: dict, cut: int, seeds: list[int], config: ProbeConfig,
+                   progress: bool = False) -> dict[str, dict]:
+    """The study's classifier on each of ``names`` (feature sets of one width), trained as one stack.
+
+    Returns ``{name: outcome}`` as :func:`run_probe` would for each alone (the stacked training is
+    the same arithmetic, tested); each outcome's ``seconds`` is its share of the joint wall time.
+    """
+    train_y, test_y = labels["train"], labels["test"]
+    began = time.perf_counter()
+    settings = ClassifierSettings(config.epochs, config.batch_size, config.lr, config.early_stopping)
+    fit = train_classifiers([features[f]["train"][:cut] for f in names], train_y[:cut],
+                            [features[f]["train"][cut:] for f in names], train_y[cut:], seeds, settings,
+                            progress=progress, desc="mlp/" + "+".join(names))
+    tests = [features[f]["test"] for f in names]
+    per_copy = tests[0] if len(names) == 1 else torch.stack([t for t in tests for _ in seeds])
+    predictions = fit.model.predict(per_copy).numpy()
+    seconds = (time.perf_counter() - began) / len(names)
+    varied = "initial weights, sample order and dropout masks (each seed its own streams)"
+    outcomes = {}
+    for k, name in enumerate(names):
+        copies = slice(k * len(seeds), (k + 1) * len(seeds))
+        outcomes[name] = _outcome(predictions[copies], test_y, seeds, varied, seconds,
+                                  val_accuracy=fit.val_accuracy[copies], epochs_run=fit.epochs_run[copies],
+                                  best_epoch=fit.best_epoch[copies], params=parameter_counts(features[name]["dim"]),
+                                  trained_with=[n for n in names if n != name])
+    return outcomes
+
+
 def run_probe(probe: str, feature: dict, labels: dict, cut: int, seeds: list[int], config: ProbeConfig,
               progress: bool = False, desc: str = "") -> dict:
     """One probe on one feature set: per-seed test predictions (n, M) and what varied between seeds."""
+    if probe == "mlp":
+        return run_mlp_probes(["features"], {"features": feature}, labels, cut, seeds, config, progress)["features"]
     train_all, test = feature["train"], feature["test"]
     train_y, test_y = labels["train"], labels["test"]
     began = time.perf_counter()
-    if probe == "mlp":
-        settings = ClassifierSettings(config.epochs, config.batch_size, config.lr, config.early_stopping)
-        fit = train_classifiers(train_all[:cut], train_y[:cut], train_all[cut:], train_y[cut:], seeds, settings,
-                                progress=progress, desc=desc)
-        predictions = fit.model.predict(test).numpy()
-        extra = {"val_accuracy": fit.val_accuracy, "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch,
-                 "params": parameter_counts(feature["dim"])}
-        varied = "initial weights, sample order and dropout masks (each seed its own streams)"
-        used_seeds = seeds
+    train_np, test_np, y_np = train_all[:cut].numpy(), test.numpy(), train_y[:cut].numpy()
+    if probe == "linear":
+        from threadpoolctl import threadpool_limits
+        # lbfgs's many small parallel regions ran slower on 2 threads than on 1
+        with threadpool_limits(limits=config.threads or 1):
+            prediction, extra = run_linear(train_np, y_np, test_np, config.linear_c, config.linear_max_iter)
     else:
-        train_np, test_np, y_np = train_all[:cut].numpy(), test.numpy(), train_y[:cut].numpy()
-        if probe == "linear":
-            from threadpoolctl import threadpool_limits
-            # lbfgs's many small parallel regions ran slower on 2 threads than on 1
-            with threadpool_limits(limits=config.threads or 1):
-                prediction, extra = run_linear(train_np, y_np, test_np, config.linear_c, config.linear_max_iter)
-        else:
-            prediction, extra = run_knn(train_np, y_np, test_np, config.knn_k)
-        predictions = prediction[None, :]
-        varied = None  # deterministic given the data: run once, not once per seed
-        used_seeds = seeds[:1]
-    correct = predictions == test_y.numpy()[None, :]  # (n, M)
-    return {"predictions": predictions, "correct": correct, "accuracies": correct.mean(axis=1).tolist(),
-            "seeds": used_seeds, "varied": varied, "seconds": time.perf_counter() - began, **extra}
+        prediction, extra = run_knn(train_np, y_np, test_np, config.knn_k)
+    # deterministic given the data: run once, not once per seed
+    return _outcome(prediction[None, :], test_y, seeds[:1], None, time.perf_counter() - began, **extra)
 
 
 # -------------------------------------------------------------------------------- statistics
@@ -307,9 +330,17 @@ def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, prog
     features = extract_features(model, checkpoint, dataset, config.features, cut, config.seed)
 
     results, outcomes = [], {}
+    mlp: dict[str, dict] = {}
+    if "mlp" in config.probes:  # feature sets of one width train as one stack: less per-step overhead
+        widths: dict[int, list[str]] = {}
+        for fname in config.features:
+            widths.setdefault(features[fname]["dim"], []).append(fname)
+        for names in widths.values():
+            mlp.update(run_mlp_probes(names, features, labels, cut, seeds, config, progress))
     for fname in config.features:
         for pname in config.probes:
-            outcome = run_probe(pname, features[fname], labels, cut, seeds, config, progress, f"{pname}/{fname}")
+            outcome = mlp[fname] if pname == "mlp" else run_probe(pname, features[fname], labels, cut, seeds, config,
+                                                                  progress, f"{pname}/{fname}")
             outcomes[fname, pname] = outcome
             summary = mean_ci(outcome["accuracies"], config.level)
             log.info("probe %-6s on %-11s: accuracy %.4f +- %.4f (n=%d, %.1f s)", pname, fname, summary["mean"],
