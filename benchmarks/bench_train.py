@@ -85,6 +85,15 @@ def train_flops_per_sample(model: torch.nn.Module) -> float:
     return sum(2.0 * m.in_features * m.out_features * (2 if k == 0 else 3) for k, m in enumerate(linears))
 
 
+def steal_seconds() -> float | None:
+    """CPU seconds stolen by the hypervisor so far (Linux ``/proc/stat``), or None where unknown."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def plain_loop(epochs: int, data_dir: str | None) -> dict:
     cmd = [sys.executable, str(PLAIN), "--epochs", str(epochs), "--json"]
     if data_dir:
@@ -128,9 +137,9 @@ def inference_rate(images: torch.Tensor, mode: str, batch_size: int = 2500, repe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per contender and round (the first is "
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per contender and round (the first is "
                         "warm-up; the median of the others counts)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of all contenders (medians are reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of all contenders (medians are reported)")
     parser.add_argument("--loss-epochs", type=int, default=10, help="epochs for the validation-loss check; 0 skips")
     parser.add_argument("--modes", default="fp32,bf16-torch,bf16", help="comma-separated: " + ", ".join(MODES))
     parser.add_argument("--data-dir", default=None)
@@ -156,12 +165,16 @@ def main() -> None:
     # them all alike; ratios are taken within a round, then the median over rounds is reported.
     per_round: list[dict[str, float]] = []
     for r in range(args.rounds):
+        stolen = steal_seconds()
         rates = {"plain": plain_loop(args.epochs, args.data_dir)["samples_per_s"]}
         for mode in modes:
             rates[mode] = daelab_rate(clean, mode, args.epochs)
+        if stolen is not None:  # CPU time the hypervisor gave to other guests during the round
+            rates["steal_s"] = steal_seconds() - stolen
         per_round.append(rates)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items())
-              + " samples/s", flush=True)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()
+                                                          if k != "steal_s")
+              + " samples/s" + (f" (steal {rates['steal_s']:.1f} CPU-s)" if "steal_s" in rates else ""), flush=True)
     result["rounds"] = per_round
     plain_rate = median([rates["plain"] for rates in per_round])
     result["plain_samples_per_s"] = plain_rate
