@@ -332,7 +332,7 @@ class FusedMLP:
                             bn.eps, momentum, ptr(bn.running_mean), ptr(bn.running_var), ptr(keep),
                             1.0 / (1.0 - layer.dropout), layer.slope, ptr(buf["act"]), ptr(buf["mean"]),
                             ptr(buf["rstd"]))
-        bn.num_batches_tracked += 1
+        bn.num_batches_tracked.add_(1)  # in place: `+=` would go through Module.__setattr__
         return buf["act"]
 
     def _adam(self) -> None:
