@@ -157,12 +157,12 @@ def test_gaussian_noise_statistics_and_determinism():
 def test_dropout_mask_rate():
     lib = fused.load_kernels()
     keep = torch.empty(300_001, dtype=torch.uint8)
-    lib.dropout_mask(99, 3, keep.numel(), int(0.2 * 2 ** 32), keep.data_ptr())
+    lib.dropout_mask(99, 3, keep.numel(), int(0.2 * 2 ** 32), keep.data_ptr(), 0.0, None)
     assert float(keep.float().mean()) == pytest.approx(0.8, abs=0.003)
     again = torch.empty_like(keep)
-    lib.dropout_mask(99, 3, keep.numel(), int(0.2 * 2 ** 32), again.data_ptr())
+    lib.dropout_mask(99, 3, keep.numel(), int(0.2 * 2 ** 32), again.data_ptr(), 0.0, None)
     assert torch.equal(keep, again)
-    lib.dropout_mask(99, 4, keep.numel(), int(0.2 * 2 ** 32), again.data_ptr())
+    lib.dropout_mask(99, 4, keep.numel(), int(0.2 * 2 ** 32), again.data_ptr(), 0.0, None)
     assert 0.6 < float((keep == again).float().mean()) < 0.72  # independent streams: 0.8^2 + 0.2^2 = 0.68
 
 

@@ -54,15 +54,23 @@ static inline float open_unit(uint32_t bits) { /* uniform on (0, 1): never 0, so
 
 #define CHUNK 64 /* Philox groups per vectorised chunk: 256 values */
 
+/* The 4 * CHUNK random words of chunk c: words[q * CHUNK + j] is word q of counter c * CHUNK + j,
+ * so value e0 + k of the chunk starting at e0 = c * 4 * CHUNK reads words[k] (contiguous stores,
+ * so the callers' loops vectorise). Up to 2^34 values per (seed, stream). */
+static inline void philox_chunk(int64_t c, uint32_t stream, uint64_t seed, uint32_t words[4 * CHUNK]) {
+    const uint32_t g0 = (uint32_t)(c * CHUNK), k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    #pragma omp simd
+    for (int j = 0; j < CHUNK; j++)
+        philox(g0 + (uint32_t)j, stream, k0, k1, &words[j], &words[CHUNK + j], &words[2 * CHUNK + j],
+               &words[3 * CHUNK + j]);
+}
+
 /* Gather rows `index` of `data` (n_rows, dim) into `clean` (batch, dim) and write
- * noisy = clip(clean + sigma * N(0, 1), 0, 1) as bf16. Normals by Box-Muller, four per Philox call:
- * in the chunk of 4 * CHUNK values starting at e0 = c * 4 * CHUNK, value e0 + q * CHUNK + j comes
- * from word q of counter c * CHUNK + j (contiguous stores, so the loops vectorise). A batch may
- * hold up to 2^34 values; `stream` separates draws that share a seed. */
+ * noisy = clip(clean + sigma * N(0, 1), 0, 1) as bf16. Normals by Box-Muller from pairs of words of
+ * philox_chunk; `stream` separates draws that share a seed. */
 void gather_gaussian(const float *data, const int64_t *index, int64_t batch, int64_t dim, float sigma,
                      uint64_t seed, uint32_t stream, float *clean, uint16_t *noisy) {
     const int64_t n = batch * dim, chunks = (n + 4 * CHUNK - 1) / (4 * CHUNK);
-    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     #pragma omp parallel
     {
         #pragma omp for schedule(static)
@@ -70,15 +78,14 @@ void gather_gaussian(const float *data, const int64_t *index, int64_t batch, int
             memcpy(clean + r * dim, data + index[r] * dim, (size_t)dim * sizeof(float));
         #pragma omp for schedule(static)
         for (int64_t c = 0; c < chunks; c++) {
-            uint32_t w0[CHUNK], w1[CHUNK], w2[CHUNK], w3[CHUNK];
+            uint32_t w[4 * CHUNK];
             float z[4 * CHUNK];
-            const uint32_t g0 = (uint32_t)(c * CHUNK);
-            #pragma omp simd
-            for (int j = 0; j < CHUNK; j++) philox(g0 + (uint32_t)j, stream, k0, k1, &w0[j], &w1[j], &w2[j], &w3[j]);
+            philox_chunk(c, stream, seed, w);
             #pragma omp simd
             for (int j = 0; j < CHUNK; j++) {
-                float r0 = sqrtf(-2.0f * logf(open_unit(w0[j]))), t0 = 6.2831853f * open_unit(w1[j]);
-                float r1 = sqrtf(-2.0f * logf(open_unit(w2[j]))), t1 = 6.2831853f * open_unit(w3[j]);
+                float r0 = sqrtf(-2.0f * logf(open_unit(w[j]))), t0 = 6.2831853f * open_unit(w[CHUNK + j]);
+                float r1 = sqrtf(-2.0f * logf(open_unit(w[2 * CHUNK + j])));
+                float t1 = 6.2831853f * open_unit(w[3 * CHUNK + j]);
                 z[j] = r0 * cosf(t0);
                 z[CHUNK + j] = r0 * cosf(t0 - 1.5707963f); /* sin, written as a cos: GCC would fuse */
                 z[2 * CHUNK + j] = r1 * cosf(t1);
@@ -95,37 +102,23 @@ void gather_gaussian(const float *data, const int64_t *index, int64_t batch, int
     }
 }
 
-/* keep[e] = 1 with probability 1 - threshold / 2^32, else 0 (dropout's keep mask). */
-void dropout_mask(uint64_t seed, uint32_t stream, int64_t n, uint32_t threshold, uint8_t *keep) {
+/* Dropout's keep mask: value e is kept with probability 1 - threshold / 2^32. Written as uint8 0/1
+ * into `keep` when it is not NULL, else as 0 or `scale` floats into `scaled`. */
+void dropout_mask(uint64_t seed, uint32_t stream, int64_t n, uint32_t threshold, uint8_t *keep, float scale,
+                  float *scaled) {
     const int64_t chunks = (n + 4 * CHUNK - 1) / (4 * CHUNK);
-    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < chunks; c++) {
-        uint32_t w[4][CHUNK];
-        const uint32_t g0 = (uint32_t)(c * CHUNK);
-        #pragma omp simd
-        for (int j = 0; j < CHUNK; j++) philox(g0 + (uint32_t)j, stream, k0, k1, &w[0][j], &w[1][j], &w[2][j], &w[3][j]);
+        uint32_t w[4 * CHUNK];
+        philox_chunk(c, stream, seed, w);
         const int64_t e0 = c * 4 * CHUNK, m = n - e0 < 4 * CHUNK ? n - e0 : 4 * CHUNK;
-        const uint32_t *words = &w[0][0]; /* value e0 + q * CHUNK + j is word q of counter g0 + j */
-        #pragma omp simd
-        for (int64_t k = 0; k < m; k++) keep[e0 + k] = words[k] >= threshold;
-    }
-}
-
-/* mask[e] = scale with probability 1 - threshold / 2^32, else 0: dropout's scaled keep mask as floats. */
-void dropout_mask_f32(uint64_t seed, uint32_t stream, int64_t n, uint32_t threshold, float scale, float *mask) {
-    const int64_t chunks = (n + 4 * CHUNK - 1) / (4 * CHUNK);
-    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    #pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < chunks; c++) {
-        uint32_t w[4][CHUNK];
-        const uint32_t g0 = (uint32_t)(c * CHUNK);
-        #pragma omp simd
-        for (int j = 0; j < CHUNK; j++) philox(g0 + (uint32_t)j, stream, k0, k1, &w[0][j], &w[1][j], &w[2][j], &w[3][j]);
-        const int64_t e0 = c * 4 * CHUNK, m = n - e0 < 4 * CHUNK ? n - e0 : 4 * CHUNK;
-        const uint32_t *words = &w[0][0];
-        #pragma omp simd
-        for (int64_t k = 0; k < m; k++) mask[e0 + k] = words[k] >= threshold ? scale : 0.0f;
+        if (keep) {
+            #pragma omp simd
+            for (int64_t k = 0; k < m; k++) keep[e0 + k] = w[k] >= threshold;
+        } else {
+            #pragma omp simd
+            for (int64_t k = 0; k < m; k++) scaled[e0 + k] = w[k] >= threshold ? scale : 0.0f;
+        }
     }
 }
 

@@ -180,22 +180,23 @@ class FusedSteps:
 
         model, lib, grads = self.model, self.lib, self.grads
         n_seeds, b, dim = inputs.shape
-        (h1, h2), n = HIDDEN, masks.shape[1]
+        h1, h2 = HIDDEN
         buf = self._batch(b)
-        m1, m2 = masks[:, start], masks[:, start, h1:]  # pointers to (seed 0, row start): strides below
+        # the C side reads the masks and labels of rows start.. through these (seed, row) strides
+        m1, m2, seed_stride, row_stride = masks[:, start], masks[:, start, h1:], masks.stride(0), masks.stride(1)
         torch.baddbmm(model.b1, inputs, model.w1, out=buf["a1"])
-        lib.relu_mask(ptr(buf["a1"]), n_seeds, b, h1, ptr(m1), n * masks.shape[2], masks.shape[2])
+        lib.relu_mask(ptr(buf["a1"]), n_seeds, b, h1, ptr(m1), seed_stride, row_stride)
         torch.baddbmm(model.b2, buf["a1"], model.w2, out=buf["a2"])
         loss = lib.classifier_tail(
-            ptr(buf["a2"]), n_seeds, b, h2, model.n_classes, ptr(m2), n * masks.shape[2], masks.shape[2],
-            ptr(labels[:, start]), labels.shape[1], ptr(model.gamma), ptr(model.beta), ptr(model.w3),
+            ptr(buf["a2"]), n_seeds, b, h2, model.n_classes, ptr(m2), seed_stride, row_stride,
+            ptr(labels[:, start]), labels.stride(0), ptr(model.gamma), ptr(model.beta), ptr(model.w3),
             ptr(model.b3), BN_EPS, BN_MOMENTUM, ptr(model.running_mean), ptr(model.running_var), ptr(buf["h2"]),
             ptr(buf["da2"]), ptr(grads[model.w3]), ptr(grads[model.b3]), ptr(grads[model.gamma]),
             ptr(grads[model.beta]), ptr(grads[model.b2]), ptr(buf["work"]))
         torch.bmm(buf["a1"].transpose(1, 2), buf["da2"], out=grads[model.w2])
         torch.bmm(buf["da2"], model.w2.transpose(1, 2), out=buf["dh1"])
-        lib.relu_mask_backward(ptr(buf["dh1"]), ptr(buf["a1"]), n_seeds, b, h1, ptr(m1), n * masks.shape[2],
-                               masks.shape[2], ptr(grads[model.b1]))
+        lib.relu_mask_backward(ptr(buf["dh1"]), ptr(buf["a1"]), n_seeds, b, h1, ptr(m1), seed_stride, row_stride,
+                               ptr(grads[model.b1]))
         torch.bmm(inputs.transpose(1, 2), buf["dh1"], out=grads[model.w1])
         if self._adam is None:
             self._adam = FusedAdam(lib, self.optimizer, grads)
@@ -221,12 +222,13 @@ def epoch_masks(generators: Sequence[torch.Generator], out: torch.Tensor, lib=No
     without them, one ``uniform_`` draw per value from the same generator. Either way a seed's
     masks depend only on that seed's stream.
     """
+    from daelab.fused import draw_key, keep_threshold
+
     keep = 1.0 - DROPOUT
     for s, generator in enumerate(generators):
         if lib is not None:
-            key = int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64)) % 2 ** 64
-            lib.dropout_mask_f32(key, 0, out[s].numel(), int(round(DROPOUT * 2 ** 32)), 1.0 / keep,
-                                 out[s].data_ptr())
+            lib.dropout_mask(draw_key(generator), 0, out[s].numel(), keep_threshold(DROPOUT), None, 1.0 / keep,
+                             out[s].data_ptr())
         else:
             out[s].uniform_(0.0, 1.0, generator=generator).ge_(DROPOUT).mul_(1.0 / keep)
     return out

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from daelab.noise import Gaussian
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_fused.c")
@@ -48,8 +50,7 @@ _P, _I64, _U32, _U64, _F, _INT = (ctypes.c_void_p, ctypes.c_int64, ctypes.c_uint
                                   ctypes.c_float, ctypes.c_int)
 _SIGNATURES = {
     "gather_gaussian": ([_P, _P, _I64, _I64, _F, _U64, _U32, _P, _P], None),
-    "dropout_mask": ([_U64, _U32, _I64, _U32, _P], None),
-    "dropout_mask_f32": ([_U64, _U32, _I64, _U32, _F, _P], None),
+    "dropout_mask": ([_U64, _U32, _I64, _U32, _P, _F, _P], None),
     "bn_forward": ([_P, _I64, _I64, _P, _P, _P, _F, _F, _P, _P, _P, _F, _F, _P, _P, _P], None),
     "bn_backward": ([_P, _P, _P, _I64, _I64, _P, _F, _F, _P, _P, _P, _P, _P, _P], None),
     "sigmoid_mse": ([_P, _P, _P, _I64, _I64, _F, _P, _P], ctypes.c_double),
@@ -132,6 +133,16 @@ def ptr(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def draw_key(generator: torch.Generator) -> int:
+    """One unsigned 64-bit Philox key from ``generator`` (so its state, checkpointed, fixes the stream)."""
+    return int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64)) % 2 ** 64
+
+
+def keep_threshold(p: float) -> int:
+    """Dropout probability ``p`` as the 32-bit threshold below which ``dropout_mask`` drops a value."""
+    return min(int(round(p * 2 ** 32)), 2 ** 32 - 1)
+
+
 class _Layer:
     """One Linear of the MLP and what follows it: ``bn`` (BatchNorm [+ dropout] + LeakyReLU),
     ``linear`` (nothing: the bottleneck) or ``sigmoid`` (the output)."""
@@ -139,6 +150,7 @@ class _Layer:
     def __init__(self, kind: str, linear: nn.Linear, bn: nn.BatchNorm1d | None = None, dropout: float = 0.0,
                  slope: float = 0.0):
         self.kind, self.linear, self.bn, self.dropout, self.slope = kind, linear, bn, dropout, slope
+        self.threshold, self.keep_scale = keep_threshold(dropout), 1.0 / (1.0 - dropout)
         self.weight = linear.weight.detach().to(torch.bfloat16)  # (out, in) bf16 shadow, rewritten by Adam
         self.bias = linear.bias.detach().to(torch.bfloat16) if kind == "linear" else None
 
@@ -197,7 +209,7 @@ class FusedMLP:
     fused = True
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Adam, layers: list[_Layer], lib: ctypes.CDLL):
-        self.module = self.master = model
+        self.module = model
         self.optimizer, self.layers, self.lib = optimizer, layers, lib
         self._buffers: dict[int, dict] = {}
         self._optimizer_step: FusedAdam | None = None
@@ -212,26 +224,11 @@ class FusedMLP:
     @property
     def grads(self) -> dict[str, torch.Tensor]:
         """The last :meth:`forward_backward`'s gradients by parameter name (bf16 for Linear weights)."""
-        names = {id(p): name for name, p in self.master.named_parameters()}
+        names = {id(p): name for name, p in self.module.named_parameters()}
         return {names[id(p)]: g for p, g in self._grads.items()}
 
     def batch_state(self, batch: int) -> dict:
-        """The work buffers for batch size ``batch`` (inputs, activations, dropout masks), for tests."""
-        return self._batch_buffers(batch)
-
-    # the precision-policy interface, for code that treats every policy alike
-    def after_backward(self) -> None:
-        pass
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """Re-copy the master weights into the bf16 shadows (after a checkpoint load, say)."""
-        for layer in self.layers:
-            layer.weight.copy_(layer.linear.weight)
-            if layer.bias is not None:
-                layer.bias.copy_(layer.linear.bias)
-
-    def _batch_buffers(self, batch: int) -> dict:
+        """The work buffers for batch size ``batch`` (inputs, activations, dropout masks), made once."""
         if batch not in self._buffers:
             bf16 = torch.bfloat16
             first = self.layers[0].linear
@@ -248,6 +245,8 @@ class FusedMLP:
                     if layer.dropout > 0:
                         entry["keep"] = torch.empty(batch, width, dtype=torch.uint8)
                 buffers["layers"].append(entry)
+            for below, above in zip(buffers["layers"], buffers["layers"][1:]):
+                below["dact_out"] = above["dact_in"]  # the gradient a layer gets is what the next one computes
             self._buffers[batch] = buffers
         return self._buffers[batch]
 
@@ -272,14 +271,12 @@ class FusedMLP:
         noise : a :class:`daelab.noise.NoiseModel`; the study's Gaussian is drawn inside the C gather.
         generator : the training generator; one 64-bit draw per step seeds noise and dropout.
         """
-        from daelab.noise import Gaussian  # local: noise imports nothing from here, keep it that way
-
         lib, batch = self.lib, len(index)
         # the C gather trusts its inputs: fp32 rows in one block, int64 row numbers
         if data.dtype != torch.float32 or not data.is_contiguous() or index.dtype != torch.int64:
             raise ValueError("fused step needs contiguous float32 data and int64 indices")
-        buffers = self._batch_buffers(batch)
-        seed = int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64)) % 2 ** 64
+        buffers = self.batch_state(batch)
+        seed = draw_key(generator)
         clean, noisy = buffers["clean"], buffers["input"]
         if isinstance(noise, Gaussian):
             lib.gather_gaussian(ptr(data), ptr(index), batch, data.shape[1], noise.level, seed, 0,
@@ -309,7 +306,7 @@ class FusedMLP:
             if layer.kind == "bn":
                 bn, keep = layer.bn, buf.get("keep")
                 lib.bn_backward(ptr(buf["dact_out"]), ptr(buf["act"]), ptr(buf["z"]), batch,
-                                layer.linear.out_features, ptr(keep), 1.0 / (1.0 - layer.dropout), layer.slope,
+                                layer.linear.out_features, ptr(keep), layer.keep_scale, layer.slope,
                                 ptr(bn.weight), ptr(buf["mean"]), ptr(buf["rstd"]), ptr(dz),
                                 ptr(self._grads[bn.weight]), ptr(self._grads[bn.bias]))
             elif layer.kind == "linear":
@@ -319,18 +316,15 @@ class FusedMLP:
             torch.mm(dz.t(), x, out=self._grads[layer.linear.weight])
             if k:
                 torch.mm(dz, layer.weight, out=buf["dact_in"])
-                buffers["layers"][k - 1]["dact_out"] = buf["dact_in"]
         return torch.tensor(total / (batch * width))
 
     def _bn_forward(self, layer: _Layer, buf: dict, batch: int, seed: int, stream: int) -> torch.Tensor:
         bn, keep, width = layer.bn, buf.get("keep"), layer.linear.out_features
         if keep is not None:
-            threshold = min(int(round(layer.dropout * 2 ** 32)), 2 ** 32 - 1)
-            self.lib.dropout_mask(seed, stream, keep.numel(), threshold, ptr(keep))
-        momentum = bn.momentum
+            self.lib.dropout_mask(seed, stream, keep.numel(), layer.threshold, ptr(keep), 0.0, None)
         self.lib.bn_forward(ptr(buf["z"]), batch, width, ptr(layer.linear.bias), ptr(bn.weight), ptr(bn.bias),
-                            bn.eps, momentum, ptr(bn.running_mean), ptr(bn.running_var), ptr(keep),
-                            1.0 / (1.0 - layer.dropout), layer.slope, ptr(buf["act"]), ptr(buf["mean"]),
+                            bn.eps, bn.momentum, ptr(bn.running_mean), ptr(bn.running_var), ptr(keep),
+                            layer.keep_scale, layer.slope, ptr(buf["act"]), ptr(buf["mean"]),
                             ptr(buf["rstd"]))
         bn.num_batches_tracked.add_(1)  # in place: `+=` would go through Module.__setattr__
         return buf["act"]

@@ -244,7 +244,7 @@ def run_mlp_probes(names: list[str], features: dict, labels: dict, cut: int, see
 
 
 def run_probe(probe: str, feature: dict, labels: dict, cut: int, seeds: list[int], config: ProbeConfig,
-              progress: bool = False, desc: str = "") -> dict:
+              progress: bool = False) -> dict:
     """One probe on one feature set: per-seed test predictions (n, M) and what varied between seeds."""
     if probe == "mlp":
         return run_mlp_probes(["features"], {"features": feature}, labels, cut, seeds, config, progress)["features"]
@@ -339,8 +339,7 @@ def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, prog
             mlp.update(run_mlp_probes(names, features, labels, cut, seeds, config, progress))
     for fname in config.features:
         for pname in config.probes:
-            outcome = mlp[fname] if pname == "mlp" else run_probe(pname, features[fname], labels, cut, seeds, config,
-                                                                  progress, f"{pname}/{fname}")
+            outcome = mlp[fname] if pname == "mlp" else run_probe(pname, features[fname], labels, cut, seeds, config)
             outcomes[fname, pname] = outcome
             summary = mean_ci(outcome["accuracies"], config.level)
             log.info("probe %-6s on %-11s: accuracy %.4f +- %.4f (n=%d, %.1f s)", pname, fname, summary["mean"],

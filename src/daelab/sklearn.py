@@ -115,7 +115,8 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
             raise ValueError(str(exc)) from None
         seed = int(np.random.RandomState(self.random_state).randint(2 ** 31 - 1))
         noise = parse_noise(self.noise)
-        clean = torch.tensor(clean, dtype=torch.float32, device=device)
+        # one dense row-major block (sklearn may pass F-ordered arrays): the training step gathers rows
+        clean = torch.tensor(np.ascontiguousarray(clean), dtype=torch.float32, device=device)
         n = len(clean)
         # a last batch of one sample would break BatchNorm: leave that one sample out of the epoch
         n_used = usable_samples(n, train_config.batch_size)
