@@ -10,7 +10,7 @@ from scipy import ndimage
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 
 from daelab.data import load_dataset
-from daelab.evaluate import psnr_from_mse
+from daelab.metrics import psnr_from_mse
 
 
 def mean_psnr(clean, denoised):

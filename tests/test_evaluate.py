@@ -12,17 +12,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from daelab.baselines import DENOISERS, Denoiser, resolve_denoisers
 from daelab.cli import main
 from daelab.errors import ConfigError
-from daelab.evaluate import (
-    PSNR_CAP_DB,
-    EvalConfig,
-    draw_noisy,
-    evaluate_run,
-    image_metrics,
-    noise_seed,
-    psnr_from_mse,
-    run_dae,
-    ssim_per_image,
-)
+from daelab.evaluate import EvalConfig, draw_noisy, evaluate_run, noise_seed, run_dae
+from daelab.metrics import PSNR_CAP_DB, image_metrics, psnr_from_mse, ssim_per_image
 from daelab.noise import parse_noise
 from daelab.stats import mean_ci
 
@@ -209,6 +200,54 @@ def test_figures_are_written_and_not_empty(evaluation, tiny_run):
         path = tiny_run / rel
         assert path.is_file() and path.stat().st_size > 1000, rel
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _numbers(evaluation: dict):
+    """The evaluation without what may differ between runs: timings, paths, the settings."""
+    if isinstance(evaluation, dict):
+        return {k: _numbers(v) for k, v in evaluation.items()
+                if "second" not in k and k not in ("timing", "command", "config", "run_dir", "figures")}
+    if isinstance(evaluation, list):
+        return [_numbers(v) for v in evaluation]
+    return evaluation
+
+
+def test_worker_processes_give_the_same_numbers(tiny_run, tiny_dataset):
+    common = dict(noise="uniform:0.2", denoisers="median,tv", max_images=30, dae_max_images=60, robustness="none",
+                  examples=3)
+    alone = evaluate_run(tiny_run, EvalConfig(workers=1, **common), dataset=tiny_dataset, progress=False)
+    pooled = evaluate_run(tiny_run, EvalConfig(workers=2, **common), dataset=tiny_dataset, progress=False)
+    assert pooled["timing"]["baseline_workers"] == 2 and alone["timing"]["baseline_workers"] == 1
+    assert _numbers(pooled) == _numbers(alone)
+    assert pooled["levels"][0]["subset"]["methods"]["tv@oracle"]["seconds_per_image"] > 0
+
+
+def test_a_broken_pool_falls_back_to_this_process(monkeypatch, caplog):
+    from concurrent.futures.process import BrokenProcessPool
+
+    import daelab.baselines as baselines
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, *args):
+            raise BrokenProcessPool("worker died")
+
+        def shutdown(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(baselines, "ProcessPoolExecutor", Broken)
+    clean = np.random.default_rng(0).random((6, 28, 28))
+    noisy = np.clip(clean + 0.1, 0, 1)
+    with baselines.BaselinePool(2) as pool:
+        future = pool.submit(baselines.score_denoiser, "median", noisy, clean, np.full(6, 0.1), 2)
+        metrics, seconds, head = pool.result(future, baselines.score_denoiser, "median", noisy, clean,
+                                             np.full(6, 0.1), 2)
+    assert "worker processes failed" in caplog.text
+    expected, _, _ = baselines.score_denoiser("median", noisy, clean, np.full(6, 0.1), 2)
+    np.testing.assert_array_equal(metrics["psnr"], expected["psnr"])
+    assert head.shape == (2, 28, 28)
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -26,17 +26,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from daelab.baselines import ESTIMATED, ORACLE, estimate_sigmas, resolve_denoisers, run_denoiser
+from daelab.baselines import (
+    ESTIMATED,
+    ORACLE,
+    BaselinePool,
+    available_cores,
+    estimate_sigmas,
+    resolve_denoisers,
+    score_denoiser,
+)
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError
+from daelab.metrics import PSNR_CAP_DB, image_metrics, mse_per_image, psnr_from_mse
 from daelab.noise import NoiseModel, parse_noise_list
 from daelab.runs import checkpoint_path, load_model, write_json
 from daelab.stats import mean_ci
 
 log = logging.getLogger(__name__)
 
-PSNR_CAP_DB = 100.0
 EVAL_FILE = "evaluation.json"
 EVAL_MARKDOWN = "evaluation.md"
 STUDY_LEVELS = "uniform:0.05,0.1,0.2,0.3,0.4"
@@ -67,11 +75,13 @@ class EvalConfig:
                                                       "choices": ("best", "last")})
     batch_size: int = field(default=1000, metadata={"help": "images per DAE forward pass"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
+    workers: int = field(default=0, metadata={"help": "processes that run the classical baselines; 0 = one per "
+                                                      "CPU core (when there are 200+ images), 1 = none"})
     data_dir: str | None = field(default=None, metadata={"help": "dataset directory or .npz; None = the one the "
                                                                  "run trained on", "metavar": "PATH"})
 
     def __post_init__(self):
-        for name in ("max_images", "dae_max_images", "robustness_max_images", "examples"):
+        for name in ("max_images", "dae_max_images", "robustness_max_images", "examples", "workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0")
         if self.batch_size < 1:
@@ -86,50 +96,6 @@ class EvalConfig:
     @property
     def robustness_models(self) -> list[NoiseModel]:
         return [] if self.robustness.strip().lower() in ("", "none") else parse_noise_list(self.robustness)
-
-
-# ----------------------------------------------------------------------------------- metrics
-def mse_per_image(clean: np.ndarray, images: np.ndarray, chunk: int = 1000) -> np.ndarray:
-    """Mean squared error of each image, (N, H, W) x (N, H, W) -> (N,) float64 (the study's R_loss)."""
-    mse = np.empty(len(clean), dtype=np.float64)
-    for start in range(0, len(clean), chunk):  # in float64, a chunk at a time to keep memory flat
-        diff = np.asarray(images[start:start + chunk], dtype=np.float64) - clean[start:start + chunk]
-        mse[start:start + chunk] = np.square(diff).reshape(len(diff), -1).mean(axis=1)
-    return mse
-
-
-def psnr_from_mse(mse: np.ndarray, cap_db: float = PSNR_CAP_DB) -> np.ndarray:
-    """PSNR in dB for images in [0, 1] (data_range 1): ``10 log10(1 / mse)``, capped at ``cap_db``."""
-    floor = 10.0 ** (-cap_db / 10.0)
-    return 10.0 * np.log10(1.0 / np.maximum(np.asarray(mse, dtype=np.float64), floor))
-
-
-def ssim_per_image(clean: np.ndarray, images: np.ndarray, chunk: int = 1000) -> np.ndarray:
-    """SSIM of each image (scikit-image, data_range 1, 7x7 window), (N, H, W) x (N, H, W) -> (N,).
-
-    Equal to calling ``skimage.metrics.structural_similarity`` once per image, but one call per
-    ``chunk`` images: the images are stacked into a tall strip, the SSIM map is taken with
-    ``full=True``, and each image's SSIM is the mean of its own map without a 3 px border, which is
-    exactly what scikit-image averages for a lone image (its 7x7 windows there never cross into a
-    neighbour). This is ~100x faster for 28 px images, where per-call overhead dominates.
-    """
-    from skimage.metrics import structural_similarity
-    n, height, width = clean.shape
-    pad = 3  # (win_size - 1) // 2 for scikit-image's default win_size 7
-    scores = np.empty(n, dtype=np.float64)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        strips = [np.asarray(a[start:stop], dtype=np.float64).reshape(-1, width) for a in (clean, images)]
-        _, ssim_map = structural_similarity(*strips, data_range=1.0, full=True)
-        tiles = ssim_map.reshape(stop - start, height, width)[:, pad:height - pad, pad:width - pad]
-        scores[start:stop] = tiles.reshape(stop - start, -1).mean(axis=1)
-    return scores
-
-
-def image_metrics(clean: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-image ``mse``, ``psnr`` and ``ssim`` of ``images`` against ``clean`` (both (N, H, W) in [0, 1])."""
-    mse = mse_per_image(clean, images)
-    return {"mse": mse, "psnr": psnr_from_mse(mse), "ssim": ssim_per_image(clean, images)}
 
 
 def summarise(metrics: dict[str, np.ndarray], seconds: float | None = None, **extra) -> dict:
@@ -173,57 +139,68 @@ def run_dae(model: torch.nn.Module, noisy: torch.Tensor, batch_size: int = 1000)
 
 # --------------------------------------------------------------------------------- one level
 def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalConfig, denoisers, n_subset: int,
-                   progress: bool = True) -> tuple[dict, dict]:
+                   progress: bool = True, pool: BaselinePool | None = None) -> tuple[dict, dict]:
     """Score the noisy input, the DAE and every baseline at one noise level.
 
     Parameters
     ----------
     clean : (N, H, W) float32 tensor, the evaluation images in their seeded order; the baselines
         get the first ``n_subset`` of them.
+    pool : where the baselines run (see :class:`daelab.baselines.BaselinePool`); None: here.
 
     Returns
     -------
     (result, examples) : the JSON-ready result of this level, and the first ``config.examples``
     images of each method ((k, H, W) arrays plus their R_loss) for the figures.
     """
+    pool = pool or BaselinePool(1)
     clean_np = clean.numpy()  # float32 views; metrics and baselines compute in float64 per chunk
     noisy = draw_noisy(clean, noise, config.seed)
     noisy_np = noisy.numpy()
-    denoised, dae_seconds = run_dae(model, noisy, config.batch_size)
-    per_image = {"noisy": image_metrics(clean_np, noisy_np), "dae": image_metrics(clean_np, denoised)}
-    result = {
-        "noise": noise.spec, "noise_seed": noise_seed(config.seed, noise), "nominal_std": noise.nominal_std,
-        "full": {"n": len(clean), "methods": {"noisy": summarise(per_image["noisy"]),
-                                              "dae": summarise(per_image["dae"], dae_seconds)}},
-    }
+    denoised, dae_seconds = run_dae(model, noisy, config.batch_size)  # timed before the pool starts working
     k = min(config.examples, len(clean))
-    examples = {"clean": clean_np[:k], "noisy": (noisy_np[:k], per_image["noisy"]["mse"][:k]),
-                "dae": (denoised[:k], per_image["dae"]["mse"][:k])}
+    result = {"noise": noise.spec, "noise_seed": noise_seed(config.seed, noise), "nominal_std": noise.nominal_std,
+              "full": None}  # filled in below, after the baseline jobs are out
 
     # The common subset: every method on the same n_subset images and the same noisy pixels.
-    head = {name: {m: v[:n_subset] for m, v in values.items()} for name, values in per_image.items()}
+    # Its baseline jobs go out first, so that the pool works while this process scores the DAE's output.
     clean_sub, noisy_sub = clean_np[:n_subset].astype(np.float64), noisy_np[:n_subset].astype(np.float64)
-    subset = {"noisy": summarise(head["noisy"]), "dae": summarise(head["dae"], dae_seconds * n_subset / len(clean))}
+    jobs = []
     if denoisers:
         # Oracle: the true std of this draw (clipping makes it smaller than the nominal one).
         oracle_sigma = float((noisy_sub - clean_sub).std())
-        start = time.perf_counter()
+        start = time.thread_time()
         estimated = estimate_sigmas(noisy_sub)
-        estimate_seconds = time.perf_counter() - start
+        estimate_seconds = time.thread_time() - start
         result["sigma"] = {"oracle": oracle_sigma, "estimated": mean_ci(estimated),
                            "estimate_seconds_per_image": estimate_seconds / n_subset}
-        jobs = [(d, mode) for d in denoisers for mode in (ORACLE, ESTIMATED)]
-        for denoiser, mode in tqdm(jobs, desc=f"baselines {noise.spec}", leave=False, disable=not progress):
-            n = min(n_subset, denoiser.max_images or n_subset)  # slow methods: the head of the subsample
-            sigmas = np.full(n, oracle_sigma) if mode == ORACLE else estimated[:n]
-            output, seconds = run_denoiser(denoiser, noisy_sub[:n], sigmas)
-            if mode == ESTIMATED:
-                seconds += estimate_seconds * n / n_subset  # a user without the clean image pays for it too
-            key = f"{denoiser.name}@{mode}"
-            head[key] = image_metrics(clean_sub[:n], output)
-            subset[key] = summarise(head[key], seconds, sigma=mode)
-            if mode == ORACLE:
-                examples[denoiser.name] = (output[:k], head[key]["mse"][:k])
+        for denoiser in denoisers:
+            for mode in (ORACLE, ESTIMATED):
+                n = min(n_subset, denoiser.max_images or n_subset)  # slow methods: the head of the subsample
+                sigmas = np.full(n, oracle_sigma) if mode == ORACLE else estimated[:n]
+                args = (score_denoiser, denoiser.name, noisy_sub[:n], clean_sub[:n], sigmas, k)
+                jobs.append((denoiser, mode, args, pool.submit(*args)))
+    # SSIM of the whole set is as slow as a baseline: it goes to the pool too, in chunks of a fixed
+    # multiple of ssim_per_image's own chunk, so that the sums it rounds do not depend on the pool.
+    scoring = {name: pool.map_chunks(image_metrics, (clean_np, images), 2000)
+               for name, images in (("noisy", noisy_np), ("dae", denoised))}
+    per_image = {name: pool.gather_chunks(pending) for name, pending in scoring.items()}
+    result["full"] = {"n": len(clean), "methods": {"noisy": summarise(per_image["noisy"]),
+                                                   "dae": summarise(per_image["dae"], dae_seconds)}}
+    examples = {"clean": clean_np[:k], "noisy": (noisy_np[:k], per_image["noisy"]["mse"][:k]),
+                "dae": (denoised[:k], per_image["dae"]["mse"][:k])}
+    head = {name: {m: v[:n_subset] for m, v in values.items()} for name, values in per_image.items()}
+    subset = {"noisy": summarise(head["noisy"]), "dae": summarise(head["dae"], dae_seconds * n_subset / len(clean))}
+    for denoiser, mode, args, future in tqdm(jobs, desc=f"baselines {noise.spec}", leave=False,
+                                             disable=not progress):
+        metrics, seconds, output = pool.result(future, *args)
+        if mode == ESTIMATED:
+            seconds += estimate_seconds * len(args[2]) / n_subset  # a user without the clean image pays too
+        key = f"{denoiser.name}@{mode}"
+        head[key] = metrics
+        subset[key] = summarise(metrics, seconds, sigma=mode)
+        if mode == ORACLE:
+            examples[denoiser.name] = (output, metrics["mse"][:k])
     result["subset"] = {"n": n_subset, "methods": subset}
     # Paired per-image gains over the noisy input: positive = the method helps, negative = it hurts.
     result["psnr_gain"] = {name: mean_ci(values["psnr"] - head["noisy"]["psnr"][:len(values["psnr"])])
@@ -283,10 +260,14 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
     n_subset = min(config.max_images or n_dae, n_dae)
     clean = test[torch.from_numpy(order[:n_dae])]
 
+    # Worker processes pay ~1 s to start; below a few hundred images the baselines take less than that.
+    workers = config.workers or (available_cores() if n_subset >= 200 else 1)
     levels, examples = [], {}
-    for noise in tqdm(config.noise_models, desc="noise levels", disable=not progress):
-        result, examples[noise.spec] = evaluate_level(model, clean, noise, config, denoisers, n_subset, progress)
-        levels.append(result)
+    with BaselinePool(workers if denoisers else 1) as pool:
+        for noise in tqdm(config.noise_models, desc="noise levels", disable=not progress):
+            result, examples[noise.spec] = evaluate_level(model, clean, noise, config, denoisers, n_subset, progress,
+                                                          pool)
+            levels.append(result)
     # The matrix has many cells and only needs a mean gain per cell: a smaller head of the sample suffices.
     robustness = robustness_matrix(model, clean[:config.robustness_max_images or n_dae],
                                    config.robustness_models, config, progress)
@@ -315,7 +296,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
     evaluation["timing"] = {"total_seconds": time.perf_counter() - started,
                             "dae_seconds_per_image": _mean([lv["full"]["methods"]["dae"]["seconds_per_image"]
                                                             for lv in levels]),
-                            "threads": torch.get_num_threads()}
+                            "threads": torch.get_num_threads(), "baseline_workers": workers if denoisers else 0}
     write_json(run_dir / EVAL_FILE, evaluation)
     (run_dir / EVAL_MARKDOWN).write_text(format_markdown(evaluation))
     return evaluation
@@ -350,7 +331,9 @@ def format_markdown(evaluation: dict) -> str:
              f"Checkpoint `{evaluation['checkpoint']['file']}` (epoch {evaluation['checkpoint']['epoch']}), "
              f"seed {evaluation['seed']}; DAE on {evaluation['n_images']['dae']} test images, all methods on a "
              f"common subsample of {evaluation['n_images']['baselines'] or evaluation['n_images']['dae']}. "
-             "Means with 95% t-intervals over images; gain = PSNR minus the noisy input's, same images.", ""]
+             "Means with 95% t-intervals over images; gain = PSNR minus the noisy input's, same images. "
+             "s/image: the DAE's wall time in batches on every core; a baseline's CPU time on one core "
+             "(they denoise one image at a time, in parallel worker processes).", ""]
     table = evaluation["headline"]
     if table["methods"]:
         lines += ["## PSNR gain over the noisy input (dB; negative = the method makes images worse)", "",
