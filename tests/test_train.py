@@ -94,3 +94,23 @@ def test_checkpoint_of_other_model_is_refused(tmp_path, tiny_dataset):
     fit(ModelConfig(), TrainConfig(epochs=1, **SMALL), tmp_path, dataset=tiny_dataset, progress=False)
     with pytest.raises(CheckpointError, match="not 'conv'"):
         load_checkpoint(tmp_path / LAST, expect_model="conv")
+
+
+def test_last_and_best_share_one_write_and_stay_apart_after(tmp_path, monkeypatch):
+    from daelab.checkpoint import BEST, save_checkpoints
+    first = {"model": {"w": torch.ones(3)}, "epoch": 1}
+    save_checkpoints([tmp_path / LAST, tmp_path / BEST], first)
+    assert (tmp_path / LAST).stat().st_ino == (tmp_path / BEST).stat().st_ino  # one file, two names
+    save_checkpoints([tmp_path / LAST], {"model": {"w": torch.zeros(3)}, "epoch": 2})
+    best = load_checkpoint(tmp_path / BEST)
+    assert best["epoch"] == 1 and torch.equal(best["model"]["w"], torch.ones(3))
+    assert load_checkpoint(tmp_path / LAST)["epoch"] == 2
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    def no_links(*args):
+        raise OSError("links not supported")
+
+    monkeypatch.setattr("os.link", no_links)  # a file system without hard links: both written in full
+    save_checkpoints([tmp_path / LAST, tmp_path / BEST], {"model": {"w": torch.full((3,), 2.0)}, "epoch": 3})
+    assert (tmp_path / LAST).stat().st_ino != (tmp_path / BEST).stat().st_ino
+    assert load_checkpoint(tmp_path / BEST)["epoch"] == 3 and not list(tmp_path.glob(".*.tmp"))

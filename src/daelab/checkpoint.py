@@ -39,8 +39,13 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         except FileNotFoundError:
             pass
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable (best effort: not every OS or file system allows it)."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -57,6 +62,28 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     except OSError as exc:
         raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}",
                               "the previous checkpoint is unchanged; free disk space or fix permissions") from None
+
+
+def save_checkpoints(paths: list[str | os.PathLike], state: dict) -> None:
+    """:func:`save_checkpoint` to the first path, and the same file to the others.
+
+    The others become hard links to the first (atomically: a link under a temp name, renamed over
+    the old file), so "last is also the best" costs one write, not two. Replacing the first file
+    later renames a new file over its name and leaves the linked copies as they are. Where links are
+    not possible (some file systems), each path is written in full.
+    """
+    first, *others = [Path(p) for p in paths]
+    save_checkpoint(first, state)
+    for path in others:
+        tmp = path.with_name(f".{path.name}.link.tmp")
+        try:
+            tmp.unlink(missing_ok=True)
+            os.link(first, tmp)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            save_checkpoint(path, state)
 
 
 def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None) -> dict:

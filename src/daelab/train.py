@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from daelab import distributed as dist
-from daelab.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from daelab.checkpoint import BEST, LAST, load_checkpoint, save_checkpoints
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
@@ -370,8 +370,7 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
                 "epoch_acc": epoch_acc if mid else None,
                 "rng": _rng_state(generator, device), "best_metric": best, "history": history,
             }
-            for name in path_names:
-                save_checkpoint(run_dir / name, payload)
+            save_checkpoints([run_dir / name for name in path_names], payload)
 
         try:
             while epoch < config.epochs:
