@@ -226,6 +226,7 @@ def test_a_broken_pool_falls_back_to_this_process(monkeypatch, caplog):
     from concurrent.futures.process import BrokenProcessPool
 
     import daelab.baselines as baselines
+    import daelab.workers as workers
 
     class Broken:
         def __init__(self, *args, **kwargs):
@@ -237,10 +238,10 @@ def test_a_broken_pool_falls_back_to_this_process(monkeypatch, caplog):
         def shutdown(self, **kwargs):
             pass
 
-    monkeypatch.setattr(baselines, "ProcessPoolExecutor", Broken)
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", Broken)
     clean = np.random.default_rng(0).random((6, 28, 28))
     noisy = np.clip(clean + 0.1, 0, 1)
-    with baselines.BaselinePool(2) as pool:
+    with workers.WorkerPool(2) as pool:
         future = pool.submit(baselines.score_denoiser, "median", noisy, clean, np.full(6, 0.1), 2)
         metrics, seconds, head = pool.result(future, baselines.score_denoiser, "median", noisy, clean,
                                              np.full(6, 0.1), 2)

@@ -17,7 +17,8 @@ from daelab.classifier import (
 )
 from daelab.cli import main
 from daelab.errors import ConfigError
-from daelab.probe import ProbeConfig, probe_run, run_knn, run_linear
+from daelab.probe import ProbeConfig, probe_run
+from daelab.shallow import run_knn, run_linear
 
 
 @pytest.fixture(autouse=True)
@@ -150,6 +151,17 @@ def test_every_probe_separates_separable_data(probe):
         run = run_linear if probe == "linear" else run_knn
         predictions, _ = run(train_x.numpy(), train_y.numpy(), test_x.numpy())
         assert (predictions == test_y.numpy()).mean() >= 0.95
+
+
+def test_shallow_probes_in_worker_processes_give_the_same_results(tiny_run, tiny_dataset):
+    common = dict(seeds=1, features=("codes", "raw", "pca"), probes=("linear", "knn"))
+    alone = probe_run(tiny_run, ProbeConfig(workers=1, **common), dataset=tiny_dataset, progress=False)
+    pooled = probe_run(tiny_run, ProbeConfig(workers=2, **common), dataset=tiny_dataset, progress=False)
+    keys = ("feature", "probe", "mean", "accuracies", "iterations", "k")
+    assert [{k: r.get(k) for k in keys} for r in pooled["results"]] == [{k: r.get(k) for k in keys}
+                                                                       for r in alone["results"]]
+    assert pooled["comparisons"] == alone["comparisons"] and len(pooled["results"]) == 6
+    assert all(r["seconds"] > 0 for r in pooled["results"])
 
 
 def test_probe_config_rejects_unknown_names():

@@ -28,12 +28,7 @@ whose package is missing is skipped with a note, never an error.
 from __future__ import annotations
 
 import importlib.util
-import logging
-import os
-import signal
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -41,8 +36,6 @@ import numpy as np
 
 from daelab.errors import ConfigError
 from daelab.metrics import image_metrics
-
-log = logging.getLogger(__name__)
 
 ORACLE = "oracle"
 ESTIMATED = "estimated"
@@ -191,91 +184,10 @@ def score_denoiser(name: str, noisy: np.ndarray, clean: np.ndarray, sigmas: np.n
     return image_metrics(clean, output), seconds, output[:keep]
 
 
-def _worker_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; workers just stop
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(1)  # one process per core: no BLAS threads on top
-    # Import what the methods import lazily now, so that no job's CPU time includes it.
+def warm_up() -> None:
+    """Import what the methods import lazily (a worker calls this first, so no job's time includes it)."""
     tiny = np.zeros((8, 8))
     for denoiser in DENOISERS.values():
         if denoiser.in_all and denoiser.available:
             denoiser.denoise(tiny, 0.1)
     image_metrics(tiny[None], tiny[None])
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-class BaselinePool:
-    """Runs scoring jobs (:func:`score_denoiser`, :func:`daelab.metrics.image_metrics`) in ``workers``
-    processes, or in this process for ``workers <= 1``.
-
-    The classical baselines and SSIM are single-threaded loops over small images (scikit-image,
-    SciPy), so on a machine with several cores separate processes run them side by side. Results do
-    not depend on the number of workers: each job is the same deterministic call wherever it runs.
-    If the pool cannot start or breaks, the remaining jobs run in this process (with one warning).
-    Use as a context manager.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
-        if workers > 1:
-            import multiprocessing
-            try:  # spawn, not fork: the parent holds PyTorch's OpenMP threads, which do not survive a fork
-                self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_worker_init)
-            except (OSError, ValueError) as exc:
-                log.warning("baselines run in this process: cannot start worker processes (%s)", exc)
-
-    def submit(self, fn: Callable, *args) -> Future:
-        """Schedule ``fn(*args)`` (a module-level function of a NumPy-only module); returns a future."""
-        if self._pool is not None:
-            try:
-                return self._pool.submit(fn, *args)
-            except (BrokenProcessPool, RuntimeError, OSError) as exc:
-                self._give_up(exc)
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
-
-    def result(self, future: Future, fn: Callable, *args):
-        """The result of ``future``; ``fn(*args)`` (as given to :meth:`submit`) reruns it here if the pool broke."""
-        try:
-            return future.result()
-        except BrokenProcessPool as exc:
-            self._give_up(exc)
-            return fn(*args)
-
-    def map_chunks(self, fn: Callable, arrays: Sequence[np.ndarray], chunk: int) -> list[tuple[Future, tuple]]:
-        """Submit ``fn`` on row chunks of ``arrays`` (same length); gather with :meth:`gather_chunks`."""
-        n = len(arrays[0])
-        return [(self.submit(fn, *(a[i:i + chunk] for a in arrays)), (fn,) + tuple(a[i:i + chunk] for a in arrays))
-                for i in range(0, n, chunk)]
-
-    def gather_chunks(self, pending: list[tuple[Future, tuple]]) -> dict[str, np.ndarray]:
-        """Concatenate the per-chunk dicts of arrays that :meth:`map_chunks` jobs return."""
-        parts = [self.result(future, *call) for future, call in pending]
-        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-
-    def _give_up(self, exc: BaseException) -> None:
-        if self._pool is not None:
-            log.warning("baselines continue in this process: the worker processes failed (%s)", exc)
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-    def __enter__(self) -> "BaselinePool":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

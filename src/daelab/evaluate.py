@@ -29,12 +29,11 @@ from tqdm.auto import tqdm
 from daelab.baselines import (
     ESTIMATED,
     ORACLE,
-    BaselinePool,
-    available_cores,
     estimate_sigmas,
     resolve_denoisers,
     score_denoiser,
 )
+from daelab.baselines import warm_up as baselines_warm_up
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError
@@ -42,6 +41,7 @@ from daelab.metrics import PSNR_CAP_DB, image_metrics, mse_per_image, psnr_from_
 from daelab.noise import NoiseModel, parse_noise_list
 from daelab.runs import checkpoint_path, load_model, write_json
 from daelab.stats import mean_ci
+from daelab.workers import WorkerPool, available_cores
 
 log = logging.getLogger(__name__)
 
@@ -139,21 +139,21 @@ def run_dae(model: torch.nn.Module, noisy: torch.Tensor, batch_size: int = 1000)
 
 # --------------------------------------------------------------------------------- one level
 def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalConfig, denoisers, n_subset: int,
-                   progress: bool = True, pool: BaselinePool | None = None) -> tuple[dict, dict]:
+                   progress: bool = True, pool: WorkerPool | None = None) -> tuple[dict, dict]:
     """Score the noisy input, the DAE and every baseline at one noise level.
 
     Parameters
     ----------
     clean : (N, H, W) float32 tensor, the evaluation images in their seeded order; the baselines
         get the first ``n_subset`` of them.
-    pool : where the baselines run (see :class:`daelab.baselines.BaselinePool`); None: here.
+    pool : where the baselines and SSIM run (see :class:`daelab.workers.WorkerPool`); None: here.
 
     Returns
     -------
     (result, examples) : the JSON-ready result of this level, and the first ``config.examples``
     images of each method ((k, H, W) arrays plus their R_loss) for the figures.
     """
-    pool = pool or BaselinePool(1)
+    pool = pool or WorkerPool(1)
     clean_np = clean.numpy()  # float32 views; metrics and baselines compute in float64 per chunk
     noisy = draw_noisy(clean, noise, config.seed)
     noisy_np = noisy.numpy()
@@ -263,7 +263,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
     # Worker processes pay ~1 s to start; below a few hundred images the baselines take less than that.
     workers = config.workers or (available_cores() if n_subset >= 200 else 1)
     levels, examples = [], {}
-    with BaselinePool(workers if denoisers else 1) as pool:
+    with WorkerPool(workers if denoisers else 1, warm=baselines_warm_up) as pool:
         for noise in tqdm(config.noise_models, desc="noise levels", disable=not progress):
             result, examples[noise.spec] = evaluate_level(model, clean, noise, config, denoisers, n_subset, progress,
                                                           pool)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from daelab.classifier import ClassifierSettings, keras_validation_split, parameter_counts, train_classifiers
 from daelab.config import to_jsonable
@@ -29,7 +29,10 @@ from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError
 from daelab.noise import parse_noise
 from daelab.runs import load_model, write_json
+from daelab.shallow import run_shallow
+from daelab.shallow import warm_up as shallow_warm_up
 from daelab.stats import mean_ci, paired_difference, verdict
+from daelab.workers import WorkerPool, available_cores
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,8 @@ class ProbeConfig:
     # jobs use 1: spinning OpenMP threads on busy cores once made a classifier epoch 100x slower.
     threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch and scikit-learn; 0 = every core "
                                                      "(the linear probe on one); use 1 on a busy shared machine"})
+    workers: int = field(default=0, metadata={"help": "processes that run the linear and knn probes side by side; "
+                                                     "0 = one per CPU core (5,000+ training images), 1 = none"})
     data_dir: str | None = field(default=None, metadata={"help": "dataset (default: the run's own data_dir, "
                                                                  "then the usual search)", "metavar": "PATH"})
 
@@ -109,7 +114,8 @@ class ProbeConfig:
                   (self.linear_c > 0, "linear-c must be > 0"), (self.linear_max_iter >= 1, "linear-max-iter >= 1"),
                   (self.subset is None or self.subset >= 2, "subset must be >= 2"),
                   (self.test_subset is None or self.test_subset >= 1, "test-subset must be >= 1"),
-                  (0 < self.level < 1, "level must be in (0, 1)"), (self.threads >= 0, "threads must be >= 0")]
+                  (0 < self.level < 1, "level must be in (0, 1)"), (self.threads >= 0, "threads must be >= 0"),
+                  (self.workers >= 0, "workers must be >= 0")]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
@@ -186,28 +192,6 @@ def extract_features(model, checkpoint: dict, dataset: Dataset, names, fit_rows:
 
 
 # ----------------------------------------------------------------------------------- probes
-def run_linear(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, c: float = 1.0,
-               max_iter: int = 300) -> tuple[np.ndarray, dict]:
-    """Standardise, fit multinomial logistic regression (lbfgs); test predictions (M,) and fit facts."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # reported in the JSON instead
-        pipeline.fit(train_x, train_y)
-    iterations = int(np.max(pipeline[-1].n_iter_))
-    return pipeline.predict(test_x), {"iterations": iterations, "converged": iterations < max_iter}
-
-
-def run_knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 5) -> tuple[np.ndarray, dict]:
-    """k nearest neighbours (Euclidean, brute force, float32); test predictions (M,)."""
-    from sklearn.neighbors import KNeighborsClassifier
-    knn = KNeighborsClassifier(n_neighbors=min(k, len(train_x)), algorithm="brute").fit(train_x, train_y)
-    return knn.predict(test_x), {"k": knn.n_neighbors}
-
-
 def _outcome(predictions: np.ndarray, test_y: torch.Tensor, seeds: list[int], varied: str | None, seconds: float,
              **extra) -> dict:
     correct = predictions == test_y.numpy()[None, :]  # (n, M)
@@ -248,19 +232,19 @@ def run_probe(probe: str, feature: dict, labels: dict, cut: int, seeds: list[int
     """One probe on one feature set: per-seed test predictions (n, M) and what varied between seeds."""
     if probe == "mlp":
         return run_mlp_probes(["features"], {"features": feature}, labels, cut, seeds, config, progress)["features"]
-    train_all, test = feature["train"], feature["test"]
-    train_y, test_y = labels["train"], labels["test"]
-    began = time.perf_counter()
-    train_np, test_np, y_np = train_all[:cut].numpy(), test.numpy(), train_y[:cut].numpy()
-    if probe == "linear":
-        from threadpoolctl import threadpool_limits
-        # lbfgs's many small parallel regions ran slower on 2 threads than on 1
-        with threadpool_limits(limits=config.threads or 1):
-            prediction, extra = run_linear(train_np, y_np, test_np, config.linear_c, config.linear_max_iter)
-    else:
-        prediction, extra = run_knn(train_np, y_np, test_np, config.knn_k)
+    args = _shallow_args(probe, feature, labels, cut, config)
+    return _shallow_outcome(run_shallow(*args), labels, seeds)
+
+
+def _shallow_args(probe: str, feature: dict, labels: dict, cut: int, config: ProbeConfig) -> tuple:
+    return (probe, feature["train"][:cut].numpy(), labels["train"][:cut].numpy(), feature["test"].numpy(),
+            config.linear_c, config.linear_max_iter, config.knn_k, config.threads)
+
+
+def _shallow_outcome(result: tuple, labels: dict, seeds: list[int]) -> dict:
+    prediction, extra, seconds = result
     # deterministic given the data: run once, not once per seed
-    return _outcome(prediction[None, :], test_y, seeds[:1], None, time.perf_counter() - began, **extra)
+    return _outcome(prediction[None, :], labels["test"], seeds[:1], None, seconds, **extra)
 
 
 # -------------------------------------------------------------------------------- statistics
@@ -337,9 +321,24 @@ def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, prog
             widths.setdefault(features[fname]["dim"], []).append(fname)
         for names in widths.values():
             mlp.update(run_mlp_probes(names, features, labels, cut, seeds, config, progress))
+    # The shallow probes run after the classifier (whose threads would fight them for the cores),
+    # one worker process per core, largest features first so the longest jobs start first.
+    shallow = sorted(((f, p) for f in config.features for p in config.probes if p != "mlp"),
+                     key=lambda job: -features[job[0]]["dim"])
+    workers = config.workers or (available_cores() if shallow and cut >= 5000 else 1)
+    with WorkerPool(workers, warm=shallow_warm_up) as pool:
+        pending = {}
+        for fname, pname in shallow:
+            args = _shallow_args(pname, features[fname], labels, cut, config)
+            if pool.workers > 1:
+                args = args[:-1] + (1,)  # one thread per worker process
+            pending[fname, pname] = (pool.submit(run_shallow, *args), args)
+        jobs = tqdm(pending.items(), desc="linear/knn probes", leave=False, disable=not progress or not pending)
+        shallow_outcomes = {key: _shallow_outcome(pool.result(future, run_shallow, *args), labels, seeds)
+                            for key, (future, args) in jobs}
     for fname in config.features:
         for pname in config.probes:
-            outcome = mlp[fname] if pname == "mlp" else run_probe(pname, features[fname], labels, cut, seeds, config)
+            outcome = mlp[fname] if pname == "mlp" else shallow_outcomes[fname, pname]
             outcomes[fname, pname] = outcome
             summary = mean_ci(outcome["accuracies"], config.level)
             log.info("probe %-6s on %-11s: accuracy %.4f +- %.4f (n=%d, %.1f s)", pname, fname, summary["mean"],

@@ -1,0 +1,102 @@
+"""Worker processes for single-threaded scoring jobs (classical denoisers, SSIM, scikit-learn probes).
+
+Much of daelab's evaluation is single-threaded library code (scikit-image, SciPy, lbfgs) that
+leaves the other cores idle. :class:`WorkerPool` runs such jobs in one spawned process per core,
+each limited to one BLAS thread. A job is a module-level function of a module that does not
+import PyTorch (so workers start in about a second) and must be deterministic: its result is then
+the same wherever it runs, which the tests check against running it in the parent.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _worker_init(warm: Callable[[], None] | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; workers just stop
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1)  # one process per core: no BLAS threads on top
+    if warm is not None:
+        warm()
+
+
+class WorkerPool:
+    """Runs jobs in ``workers`` processes, or in this process for ``workers <= 1``.
+
+    ``warm`` (a module-level function) runs once in each worker before its first job: the imports
+    and first-call costs that would otherwise land in one job's timing. If the pool cannot start or
+    breaks, the remaining jobs run in this process (with one warning). Use as a context manager.
+    """
+
+    def __init__(self, workers: int, warm: Callable[[], None] | None = None):
+        self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            import multiprocessing
+            try:  # spawn, not fork: the parent holds PyTorch's OpenMP threads, which do not survive a fork
+                self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_worker_init, initargs=(warm,))
+            except (OSError, ValueError) as exc:
+                log.warning("jobs run in this process: cannot start worker processes (%s)", exc)
+
+    def submit(self, fn: Callable, *args) -> Future:
+        """Schedule ``fn(*args)``; returns a future (already done when there is no pool)."""
+        if self._pool is not None:
+            try:
+                return self._pool.submit(fn, *args)
+            except (BrokenProcessPool, RuntimeError, OSError) as exc:
+                self._give_up(exc)
+        future: Future = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def result(self, future: Future, fn: Callable, *args):
+        """The result of ``future``; ``fn(*args)`` (as given to :meth:`submit`) reruns it here if the pool broke."""
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            self._give_up(exc)
+            return fn(*args)
+
+    def map_chunks(self, fn: Callable, arrays: Sequence[np.ndarray], chunk: int) -> list[tuple[Future, tuple]]:
+        """Submit ``fn`` on row chunks of ``arrays`` (same length); gather with :meth:`gather_chunks`."""
+        calls = [(fn,) + tuple(a[i:i + chunk] for a in arrays) for i in range(0, len(arrays[0]), chunk)]
+        return [(self.submit(*call), call) for call in calls]
+
+    def gather_chunks(self, pending: list[tuple[Future, tuple]]) -> dict[str, np.ndarray]:
+        """Concatenate the per-chunk dicts of arrays that :meth:`map_chunks` jobs return."""
+        parts = [self.result(future, *call) for future, call in pending]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def _give_up(self, exc: BaseException) -> None:
+        if self._pool is not None:
+            log.warning("jobs continue in this process: the worker processes failed (%s)", exc)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
