@@ -178,7 +178,8 @@ def score_denoiser(name: str, noisy: np.ndarray, clean: np.ndarray, sigmas: np.n
     Returns
     -------
     (metrics, seconds, head) : :func:`daelab.metrics.image_metrics` of the output, the denoiser's
-    wall time (scoring excluded), and its first ``keep`` output images (for the figures).
+    CPU time (see :func:`run_denoiser`; scoring excluded), and its first ``keep`` output images
+    (for the figures).
     """
     output, seconds = run_denoiser(DENOISERS[name], noisy, sigmas)
     return image_metrics(clean, output), seconds, output[:keep]

@@ -75,8 +75,8 @@ class EvalConfig:
                                                       "choices": ("best", "last")})
     batch_size: int = field(default=1000, metadata={"help": "images per DAE forward pass"})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto"})
-    workers: int = field(default=0, metadata={"help": "processes that run the classical baselines; 0 = one per "
-                                                      "CPU core (when there are 200+ images), 1 = none"})
+    workers: int = field(default=0, metadata={"help": "processes that run the classical baselines and SSIM; 0 = "
+                                                      "one per CPU core (when there are 200+ images), 1 = none"})
     data_dir: str | None = field(default=None, metadata={"help": "dataset directory or .npz; None = the one the "
                                                                  "run trained on", "metavar": "PATH"})
 
