@@ -1,9 +1,9 @@
 """Worker processes for single-threaded scoring jobs (classical denoisers, SSIM, scikit-learn probes).
 
 Much of daelab's evaluation is single-threaded library code (scikit-image, SciPy, lbfgs) that
-leaves the other cores idle. :class:`WorkerPool` runs such jobs in one spawned process per core,
-each limited to one BLAS thread. A job is a module-level function of a module that does not
-import PyTorch (so workers start in about a second) and must be deterministic: its result is then
+leaves the other cores idle. :class:`WorkerPool` runs such jobs in one process per core (forked on
+Linux; see :func:`_start_method`), each limited to one BLAS/OpenMP thread. A job is a module-level
+function of a module that does not import PyTorch, and must be deterministic: its result is then
 the same wherever it runs, which the tests check against running it in the parent.
 """
 from __future__ import annotations
@@ -28,6 +28,28 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _start_method():
+    """How to start workers here, or None where no way is safe.
+
+    On Linux, fork: a worker starts in milliseconds and never re-imports the caller's script.
+    The parent's PyTorch/OpenMP threads do not survive a fork, which is harmless here because the
+    jobs never call PyTorch and each worker is limited to one OpenMP/BLAS thread (PyTorch's own
+    DataLoader forks such workers the same way). Elsewhere, spawn -- which imports the caller's
+    ``__main__`` again in every worker -- only when that cannot re-run the caller's work: an
+    interactive session, or ``python -m package``; a script that is run directly might lack an
+    ``if __name__ == "__main__":`` guard, so there the jobs stay in this process.
+    """
+    import multiprocessing
+    import sys
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if getattr(main, "__file__", None) is None or name == "__main__" or name.endswith(".__main__"):
+        return multiprocessing.get_context("spawn")
+    return None
+
+
 def _worker_init(warm: Callable[[], None] | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; workers just stop
     from threadpoolctl import threadpool_limits
@@ -45,15 +67,15 @@ class WorkerPool:
     """
 
     def __init__(self, workers: int, warm: Callable[[], None] | None = None):
-        self.workers = max(1, workers)
         self._pool: ProcessPoolExecutor | None = None
-        if workers > 1:
-            import multiprocessing
-            try:  # spawn, not fork: the parent holds PyTorch's OpenMP threads, which do not survive a fork
-                self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_worker_init, initargs=(warm,))
+        context = _start_method() if workers > 1 else None
+        if context is not None:
+            try:
+                self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                                 initargs=(warm,))
             except (OSError, ValueError) as exc:
                 log.warning("jobs run in this process: cannot start worker processes (%s)", exc)
+        self.workers = workers if self._pool is not None else 1
 
     def submit(self, fn: Callable, *args) -> Future:
         """Schedule ``fn(*args)``; returns a future (already done when there is no pool)."""

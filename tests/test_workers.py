@@ -1,0 +1,49 @@
+"""Worker processes: a caller's script runs once, and spawn is used only where that is certain."""
+import subprocess
+import sys
+import textwrap
+import types
+
+import daelab.workers as workers
+
+SCRIPT = textwrap.dedent('''
+    import numpy as np
+    from daelab.data import Dataset
+    from daelab.evaluate import EvalConfig, evaluate_run
+    from daelab.models import ModelConfig
+    from daelab.train import TrainConfig, fit
+
+    print("body", flush=True)  # no __main__ guard: a worker that re-imported this file would train again
+    rng = np.random.default_rng(0)
+    ds = Dataset(rng.integers(0, 255, (300, 28, 28), dtype=np.uint8), rng.integers(0, 10, 300),
+                 rng.integers(0, 255, (250, 28, 28), dtype=np.uint8), rng.integers(0, 10, 250), "synthetic")
+    fit(ModelConfig(), TrainConfig(epochs=1, batch_size=64), RUN, dataset=ds, progress=False)
+    result = evaluate_run(RUN, EvalConfig(noise="uniform:0.2", denoisers="median", max_images=250, workers=2,
+                                          robustness="none"), dataset=ds, progress=False)
+    print("workers", result["timing"]["baseline_workers"], flush=True)
+''')
+
+
+def test_an_unguarded_script_runs_once_with_workers(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"RUN = {str(tmp_path / 'run')!r}\n" + SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.split()
+    assert lines.count("body") == 1
+    if sys.platform.startswith("linux"):
+        assert "workers 2" in done.stdout
+
+
+def test_spawn_only_where_the_callers_script_cannot_run_again(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    script = types.SimpleNamespace(__file__="/home/me/job.py", __spec__=None)
+    module = types.SimpleNamespace(__file__="/x/daelab/__main__.py",
+                                   __spec__=types.SimpleNamespace(name="daelab.__main__"))
+    interactive = types.SimpleNamespace(__spec__=None)
+    for main, expected in ((script, None), (module, "spawn"), (interactive, "spawn")):
+        monkeypatch.setitem(sys.modules, "__main__", main)
+        context = workers._start_method()
+        assert (context and context.get_start_method()) == expected
+    monkeypatch.setitem(sys.modules, "__main__", script)
+    assert workers.WorkerPool(2).workers == 1  # no safe way: the jobs stay in this process
