@@ -220,6 +220,7 @@ def test_worker_processes_give_the_same_numbers(tiny_run, tiny_dataset):
     assert pooled["timing"]["baseline_workers"] == 2 and alone["timing"]["baseline_workers"] == 1
     assert _numbers(pooled) == _numbers(alone)
     assert pooled["levels"][0]["subset"]["methods"]["tv@oracle"]["seconds_per_image"] > 0
+    assert "2 worker processes side by side" in (tiny_run / "evaluation.md").read_text()
 
 
 def test_a_broken_pool_falls_back_to_this_process(monkeypatch, caplog):

@@ -333,7 +333,7 @@ def format_markdown(evaluation: dict) -> str:
              f"common subsample of {evaluation['n_images']['baselines'] or evaluation['n_images']['dae']}. "
              "Means with 95% t-intervals over images; gain = PSNR minus the noisy input's, same images. "
              "s/image: the DAE's wall time in batches on every core; a baseline's CPU time on one core "
-             "(they denoise one image at a time, in parallel worker processes).", ""]
+             f"(one image at a time{_workers_note(evaluation)}).", ""]
     table = evaluation["headline"]
     if table["methods"]:
         lines += ["## PSNR gain over the noisy input (dB; negative = the method makes images worse)", "",
@@ -359,6 +359,11 @@ def format_markdown(evaluation: dict) -> str:
                              f"{_seconds(row['seconds_per_image'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _workers_note(evaluation: dict) -> str:
+    workers = evaluation.get("timing", {}).get("baseline_workers", 0)
+    return f", {workers} worker processes side by side" if workers > 1 else ""
 
 
 def _ci(stat: dict, digits: int) -> str:
