@@ -124,6 +124,11 @@ void dropout_mask(uint64_t seed, uint32_t stream, int64_t n, uint32_t threshold,
 
 #define COLS 32 /* columns per work item: two AVX-512 vectors of fp32 */
 
+/* The column-block kernels below give each thread whole blocks of COLS features, so per-feature
+ * sums over the batch need no reduction across threads (and do not depend on the thread count). */
+static inline int64_t col_blocks(int64_t feat) { return (feat + COLS - 1) / COLS; }
+static inline int64_t col_width(int64_t feat, int64_t c0) { return feat - c0 < COLS ? feat - c0 : COLS; }
+
 /* Training-mode BatchNorm over the batch, then dropout (keep may be NULL), then LeakyReLU.
  * z: (batch, feat) bf16 pre-activations (without the Linear bias, which BatchNorm cancels).
  * Writes act (bf16), mean and rstd per feature, and updates the running statistics the way
@@ -132,10 +137,10 @@ void bn_forward(const uint16_t *z, int64_t batch, int64_t feat, const float *bia
                 const float *beta, float eps, float momentum, float *running_mean, float *running_var,
                 const uint8_t *keep, float keep_scale, float slope, uint16_t *act, float *mean_out,
                 float *rstd_out) {
-    const int64_t blocks = (feat + COLS - 1) / COLS;
+    const int64_t blocks = col_blocks(feat);
     #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
-        const int64_t c0 = b * COLS, width = feat - c0 < COLS ? feat - c0 : COLS;
+        const int64_t c0 = b * COLS, width = col_width(feat, c0);
         float sum[COLS] = {0}, sq[COLS] = {0}, mean[COLS], scale[COLS], shift[COLS];
         for (int64_t r = 0; r < batch; r++) {
             const uint16_t *row = z + r * feat + c0;
@@ -172,21 +177,28 @@ void bn_forward(const uint16_t *z, int64_t batch, int64_t feat, const float *bia
     }
 }
 
+/* d(BatchNorm output) of one value: d(act) back through LeakyReLU (its slope read off the sign of
+ * act; slope > 0 keeps the sign) and dropout (keep may be NULL). */
+static inline float bn_out_grad(uint16_t dact, uint16_t act, const uint8_t *keep, int64_t o, float keep_scale,
+                                float slope) {
+    float du = bf16_to_f32(dact) * (bf16_to_f32(act) > 0.0f ? 1.0f : slope);
+    return keep ? du * (keep[o] ? keep_scale : 0.0f) : du;
+}
+
 /* Backward of bn_forward: from d(act) to d(z) (bf16, for the matrix products), d(gamma), d(beta).
- * LeakyReLU's slope is read off the sign of act (slope > 0 keeps the sign). */
+ * Two passes over the batch (column sums, then d(z)) that recompute du and zhat rather than store them. */
 void bn_backward(const uint16_t *dact, const uint16_t *act, const uint16_t *z, int64_t batch, int64_t feat,
                  const uint8_t *keep, float keep_scale, float slope, const float *gamma, const float *mean,
                  const float *rstd, uint16_t *dz, float *dgamma, float *dbeta) {
-    const int64_t blocks = (feat + COLS - 1) / COLS;
+    const int64_t blocks = col_blocks(feat);
     #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
-        const int64_t c0 = b * COLS, width = feat - c0 < COLS ? feat - c0 : COLS;
+        const int64_t c0 = b * COLS, width = col_width(feat, c0);
         float sum_du[COLS] = {0}, sum_duz[COLS] = {0}, k1[COLS], k2[COLS], k3[COLS];
         for (int64_t r = 0; r < batch; r++) {
             const int64_t o = r * feat + c0;
             for (int64_t j = 0; j < width; j++) {
-                float du = bf16_to_f32(dact[o + j]) * (bf16_to_f32(act[o + j]) > 0.0f ? 1.0f : slope);
-                if (keep) du *= keep[o + j] ? keep_scale : 0.0f;
+                float du = bn_out_grad(dact[o + j], act[o + j], keep, o + j, keep_scale, slope);
                 float zhat = (bf16_to_f32(z[o + j]) - mean[c0 + j]) * rstd[c0 + j];
                 sum_du[j] += du;
                 sum_duz[j] += du * zhat;
@@ -204,8 +216,7 @@ void bn_backward(const uint16_t *dact, const uint16_t *act, const uint16_t *z, i
         for (int64_t r = 0; r < batch; r++) {
             const int64_t o = r * feat + c0;
             for (int64_t j = 0; j < width; j++) {
-                float du = bf16_to_f32(dact[o + j]) * (bf16_to_f32(act[o + j]) > 0.0f ? 1.0f : slope);
-                if (keep) du *= keep[o + j] ? keep_scale : 0.0f;
+                float du = bn_out_grad(dact[o + j], act[o + j], keep, o + j, keep_scale, slope);
                 float zhat = (bf16_to_f32(z[o + j]) - mean[c0 + j]) * rstd[c0 + j];
                 dz[o + j] = f32_to_bf16(k1[j] * (du - k2[j] - zhat * k3[j]));
             }
@@ -217,11 +228,11 @@ void bn_backward(const uint16_t *dact, const uint16_t *act, const uint16_t *z, i
  * dz = grad_scale * 2 (y - clean) y (1 - y) as bf16 and dbias = column sums of dz (fp32). */
 double sigmoid_mse(const uint16_t *z, const float *bias, const float *clean, int64_t batch, int64_t feat,
                    float grad_scale, uint16_t *dz, float *dbias) {
-    const int64_t blocks = (feat + COLS - 1) / COLS;
+    const int64_t blocks = col_blocks(feat);
     double total = 0.0;
     #pragma omp parallel for schedule(static) reduction(+ : total)
     for (int64_t b = 0; b < blocks; b++) {
-        const int64_t c0 = b * COLS, width = feat - c0 < COLS ? feat - c0 : COLS;
+        const int64_t c0 = b * COLS, width = col_width(feat, c0);
         float db[COLS] = {0}, sq[COLS] = {0};
         for (int64_t r = 0; r < batch; r++) {
             const int64_t o = r * feat + c0;
@@ -229,8 +240,7 @@ double sigmoid_mse(const uint16_t *z, const float *bias, const float *clean, int
                 float y = 1.0f / (1.0f + expf(-(bf16_to_f32(z[o + j]) + bias[c0 + j])));
                 float diff = y - clean[o + j];
                 float g = grad_scale * 2.0f * diff * y * (1.0f - y);
-                uint16_t gb = f32_to_bf16(g);
-                dz[o + j] = gb;
+                dz[o + j] = f32_to_bf16(g);
                 db[j] += g;
                 sq[j] += diff * diff;
             }

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from daelab.fused import FusedAdam, draw_key, keep_threshold, load_kernels, ptr
+
 HIDDEN = (64, 32)
 DROPOUT = 0.4
 BN_MOMENTUM = 0.01  # Keras momentum 0.99 = weight of the old running value; PyTorch counts the new one
@@ -176,8 +178,6 @@ class FusedSteps:
         inputs : (S, b, D) this batch's features per copy; masks : (S, N, 96) the epoch's scaled
         dropout masks; labels : (S, N) the epoch's labels in sample order.
         """
-        from daelab.fused import FusedAdam, ptr
-
         model, lib, grads = self.model, self.lib, self.grads
         n_seeds, b, dim = inputs.shape
         h1, h2 = HIDDEN
@@ -206,8 +206,6 @@ class FusedSteps:
 
 def fused_steps(model: StackedClassifier, optimizer: torch.optim.Optimizer) -> FusedSteps | None:
     """:class:`FusedSteps` where the kernels load, the model is on the CPU in fp32 and small enough."""
-    from daelab.fused import load_kernels
-
     if model.w1.device.type != "cpu" or model.w1.dtype != torch.float32 or HIDDEN[1] > 256:
         return None
     lib = load_kernels()
@@ -222,8 +220,6 @@ def epoch_masks(generators: Sequence[torch.Generator], out: torch.Tensor, lib=No
     without them, one ``uniform_`` draw per value from the same generator. Either way a seed's
     masks depend only on that seed's stream.
     """
-    from daelab.fused import draw_key, keep_threshold
-
     keep = 1.0 - DROPOUT
     for s, generator in enumerate(generators):
         if lib is not None:
@@ -326,7 +322,6 @@ def train_classifiers(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     batch = settings.batch_size
     batch_buf = torch.empty(n_seeds * batch, dim, dtype=train_x.dtype, device=device)
     masks_buf = torch.empty(n_seeds, n, h1 + h2)  # an epoch of dropout masks per seed, from the CPU generators
-    from daelab.fused import load_kernels
     lib = load_kernels()
     patience = settings.early_stopping
     best_acc = torch.full((n_seeds,), -1.0, device=device)

@@ -203,7 +203,7 @@ def run_mlp_probes(names: list[str], features: dict, labels: dict, cut: int, see
                    progress: bool = False) -> dict[str, dict]:
     """The study's classifier on each of ``names`` (feature sets of one width), trained as one stack.
 
-    Returns ``{name: outcome}`` as :func:`run_probe` would for each alone (the stacked training is
+    Returns ``{name: outcome}`` as each would give alone (the stacked training is
     the same arithmetic, tested); each outcome's ``seconds`` is its share of the joint wall time.
     """
     train_y, test_y = labels["train"], labels["test"]
@@ -227,18 +227,10 @@ def run_mlp_probes(names: list[str], features: dict, labels: dict, cut: int, see
     return outcomes
 
 
-def run_probe(probe: str, feature: dict, labels: dict, cut: int, seeds: list[int], config: ProbeConfig,
-              progress: bool = False) -> dict:
-    """One probe on one feature set: per-seed test predictions (n, M) and what varied between seeds."""
-    if probe == "mlp":
-        return run_mlp_probes(["features"], {"features": feature}, labels, cut, seeds, config, progress)["features"]
-    args = _shallow_args(probe, feature, labels, cut, config)
-    return _shallow_outcome(run_shallow(*args), labels, seeds)
-
-
-def _shallow_args(probe: str, feature: dict, labels: dict, cut: int, config: ProbeConfig) -> tuple:
+def _shallow_args(probe: str, feature: dict, labels: dict, cut: int, config: ProbeConfig, threads: int) -> tuple:
+    """The arguments of :func:`daelab.shallow.run_shallow` for ``probe`` on one feature set."""
     return (probe, feature["train"][:cut].numpy(), labels["train"][:cut].numpy(), feature["test"].numpy(),
-            config.linear_c, config.linear_max_iter, config.knn_k, config.threads)
+            config.linear_c, config.linear_max_iter, config.knn_k, threads)
 
 
 def _shallow_outcome(result: tuple, labels: dict, seeds: list[int]) -> dict:
@@ -328,10 +320,9 @@ def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, prog
     workers = config.workers or (available_cores() if shallow and cut >= 5000 else 1)
     with WorkerPool(workers, warm=shallow_warm_up) as pool:
         pending = {}
+        threads = 1 if pool.workers > 1 else config.threads  # one thread per worker process
         for fname, pname in shallow:
-            args = _shallow_args(pname, features[fname], labels, cut, config)
-            if pool.workers > 1:
-                args = args[:-1] + (1,)  # one thread per worker process
+            args = _shallow_args(pname, features[fname], labels, cut, config, threads)
             pending[fname, pname] = (pool.submit(run_shallow, *args), args)
         jobs = tqdm(pending.items(), desc="linear/knn probes", leave=False, disable=not progress or not pending)
         shallow_outcomes = {key: _shallow_outcome(pool.result(future, run_shallow, *args), labels, seeds)

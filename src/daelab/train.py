@@ -202,9 +202,10 @@ def train_steps(policy, optimizer, clean: torch.Tensor, order: torch.Tensor, noi
     if fused:  # the C gather reads rows of one dense block (an F-ordered array from sklearn is not one)
         clean = clean.contiguous()
     batch_size = config.batch_size
-    clean_buf = torch.empty((batch_size,) + tuple(clean.shape[1:]), dtype=clean.dtype, device=device)
-    noisy_buf = torch.empty_like(clean_buf)
-    low = policy.dtype != clean.dtype
+    if not fused:  # the fused step keeps its own batch buffers
+        clean_buf = torch.empty((batch_size,) + tuple(clean.shape[1:]), dtype=clean.dtype, device=device)
+        noisy_buf = torch.empty_like(clean_buf)
+        low = policy.dtype != clean.dtype
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     samples = steps = 0
     began = time.perf_counter()
