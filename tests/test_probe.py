@@ -114,6 +114,19 @@ def test_fused_steps_equal_autograd(batch_size):
     assert fused.val_accuracy == reference.val_accuracy
 
 
+def test_more_classes_than_the_c_tail_holds_train_like_autograd():
+    # the C classifier tail has room for 16 classes; a 20-class set (KMNIST-49-like) must not use it
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 20, (300,), generator=generator)
+    features = torch.randn(20, 12, generator=generator)[labels] * 3 + torch.randn(300, 12, generator=generator)
+    args = (features[:240], labels[:240], features[240:], labels[240:])
+    settings = ClassifierSettings(epochs=2, batch_size=32)
+    fused = train_classifiers(*args, seeds=[0], settings=settings, n_classes=20, fused=True)
+    reference = train_classifiers(*args, seeds=[0], settings=settings, n_classes=20, fused=False)
+    for name, value in reference.model.state_dict().items():
+        torch.testing.assert_close(fused.model.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_epoch_masks_rate_and_scale_with_and_without_kernels():
     from daelab.classifier import epoch_masks
     from daelab.fused import load_kernels

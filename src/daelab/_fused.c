@@ -351,7 +351,7 @@ double classifier_tail(const float *a2, int64_t seeds, int64_t batch, int64_t hi
         const float *g = gamma + s * H, *bt = beta + s * H, *w = w3 + s * H * C, *bias3 = b3 + s * C;
         float *hs = h + s * B * H, *da = da2 + s * B * H;
         float mean[256], rstd[256], sum_do[256], sum_dohn[256];
-        if (H > 256 || C > 16) continue; /* the caller checks; the study's H is 32, C is 10 */
+        if (H > 256 || C > 16) continue; /* classifier.fused_steps never calls with more (TAIL_MAX_*) */
         /* Every elementwise loop is branch-free and vectorised: with random dropout masks a branch
          * per value mispredicts half the time, which cost more than all the arithmetic here. */
         for (int64_t j = 0; j < H; j++) mean[j] = 0.0f;

@@ -146,6 +146,10 @@ class StackedClassifier(nn.Module):
         return torch.cat(parts, dim=1)
 
 
+# Sizes the C classifier tail (``classifier_tail`` in _fused.c) has room for; larger ones train with autograd.
+TAIL_MAX_HIDDEN, TAIL_MAX_CLASSES = 256, 16
+
+
 class FusedSteps:
     """Training steps of a :class:`StackedClassifier` with a hand-written backward (``daelab.fused``).
 
@@ -206,7 +210,9 @@ class FusedSteps:
 
 def fused_steps(model: StackedClassifier, optimizer: torch.optim.Optimizer) -> FusedSteps | None:
     """:class:`FusedSteps` where the kernels load, the model is on the CPU in fp32 and small enough."""
-    if model.w1.device.type != "cpu" or model.w1.dtype != torch.float32 or HIDDEN[1] > 256:
+    if model.w1.device.type != "cpu" or model.w1.dtype != torch.float32:
+        return None
+    if HIDDEN[1] > TAIL_MAX_HIDDEN or model.n_classes > TAIL_MAX_CLASSES:  # the C tail's fixed arrays
         return None
     lib = load_kernels()
     return None if lib is None else FusedSteps(model, optimizer, lib)
