@@ -166,15 +166,18 @@ def test_every_probe_separates_separable_data(probe):
         assert (predictions == test_y.numpy()).mean() >= 0.95
 
 
-def test_shallow_probes_in_worker_processes_give_the_same_results(tiny_run, tiny_dataset):
-    common = dict(seeds=1, features=("codes", "raw", "pca"), probes=("linear", "knn"))
+def test_probes_in_worker_processes_give_the_same_results(tiny_run, tiny_dataset):
+    # two classifier stacks (raw; codes+pca) and six shallow probes: every job goes to the two workers
+    common = dict(seeds=2, epochs=3, batch_size=64, features=("codes", "raw", "pca"), probes=("mlp", "linear", "knn"))
     alone = probe_run(tiny_run, ProbeConfig(workers=1, **common), dataset=tiny_dataset, progress=False)
     pooled = probe_run(tiny_run, ProbeConfig(workers=2, **common), dataset=tiny_dataset, progress=False)
-    keys = ("feature", "probe", "mean", "accuracies", "iterations", "k")
+    keys = ("feature", "probe", "mean", "accuracies", "iterations", "k", "val_accuracy", "epochs_run", "trained_with")
     assert [{k: r.get(k) for k in keys} for r in pooled["results"]] == [{k: r.get(k) for k in keys}
                                                                        for r in alone["results"]]
-    assert pooled["comparisons"] == alone["comparisons"] and len(pooled["results"]) == 6
+    assert pooled["comparisons"] == alone["comparisons"] and len(pooled["results"]) == 9
+    assert pooled["confusion"] == alone["confusion"]
     assert all(r["seconds"] > 0 for r in pooled["results"])
+    assert torch.get_num_threads() == 1  # the jobs' thread settings did not leak into this process
 
 
 def test_probe_config_rejects_unknown_names():

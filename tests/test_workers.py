@@ -1,4 +1,5 @@
-"""Worker processes: a caller's script runs once, and spawn is used only where that is certain."""
+"""Worker processes: a caller's script runs once, spawn is used only where that is certain, and jobs
+report progress to the parent."""
 import subprocess
 import sys
 import textwrap
@@ -47,3 +48,21 @@ def test_spawn_only_where_the_callers_script_cannot_run_again(monkeypatch):
         assert (context and context.get_start_method()) == expected
     monkeypatch.setitem(sys.modules, "__main__", script)
     assert workers.WorkerPool(2).workers == 1  # no safe way: the jobs stay in this process
+
+
+def _count_to(slot: int, value: int) -> int:
+    for step in range(1, value + 1):
+        workers.report(slot, step)
+    return value
+
+
+def test_jobs_in_workers_report_progress_through_shared_counters():
+    with workers.WorkerPool(2, counters=3) as pool:
+        futures = [pool.submit(_count_to, slot, 5 * (slot + 1)) for slot in range(3)]
+        assert [f.result() for f in futures] == [5, 10, 15]
+        if pool.workers > 1:
+            assert list(pool.counters) == [5, 10, 15]
+    workers.report(0, 7)  # in this process, outside any worker: nothing to report to, and no error
+    with workers.WorkerPool(1, counters=2) as pool:
+        assert pool.workers == 1 and list(pool.counters) == [0, 0]
+        assert pool.submit(_count_to, 0, 3).result() == 3

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -277,7 +277,8 @@ def _accuracy(model: StackedClassifier, features: torch.Tensor, labels: torch.Te
 
 def train_classifiers(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                       seeds: Sequence[int], settings: ClassifierSettings | None = None, n_classes: int = 10,
-                      progress: bool = False, desc: str = "classifier", fused: bool = True) -> ClassifierFit:
+                      progress: bool = False, desc: str = "classifier", fused: bool = True,
+                      on_epoch: Callable[[int], None] | None = None) -> ClassifierFit:
     """Train one copy of the study's classifier per seed, all at once.
 
     Parameters
@@ -291,6 +292,7 @@ def train_classifiers(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     settings : epochs, batch size, learning rate, early-stopping patience.
     fused : use :class:`FusedSteps` where it is available (the same arithmetic, ~4x faster on a CPU);
         False: PyTorch's autograd and Adam.
+    on_epoch : called with the epoch number after each epoch (progress from a worker process).
 
     Returns
     -------
@@ -367,6 +369,8 @@ def train_classifiers(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
             raise TrainingError(f"classifier loss became {float(loss)} in epoch {epoch}", "lower --lr")
         for s in range(n_seeds):
             epochs_run[s] += active[s]
+        if on_epoch is not None:
+            on_epoch(epoch)
         if patience > 0:
             accuracy = _accuracy(model, val_x, val_y)
             val_history.append(accuracy.tolist())
@@ -392,3 +396,13 @@ def train_classifiers(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch
     val_accuracy = _accuracy(model, val_x, val_y).tolist()
     return ClassifierFit(model, seeds, epochs_run, best_epoch, val_accuracy, val_history,
                          time.perf_counter() - began)
+
+
+def warm_up() -> None:
+    """Pay the first-use costs of training a stack (the optimizer's imports, loading the C kernels) now.
+
+    :func:`daelab.probe.probe_run` calls it before forking worker processes, which then inherit them.
+    """
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 4, generator=generator), torch.arange(8) % 2
+    train_classifiers(x, y, x, y, [0], ClassifierSettings(epochs=1, batch_size=4), n_classes=2)

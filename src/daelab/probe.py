@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from daelab.classifier import ClassifierSettings, keras_validation_split, parameter_counts, train_classifiers
+from daelab.classifier import warm_up as classifier_warm_up
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError
@@ -32,7 +33,7 @@ from daelab.runs import load_model, write_json
 from daelab.shallow import run_shallow
 from daelab.shallow import warm_up as shallow_warm_up
 from daelab.stats import mean_ci, paired_difference, verdict
-from daelab.workers import WorkerPool, available_cores
+from daelab.workers import WorkerPool, available_cores, report
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +94,15 @@ class ProbeConfig:
     checkpoint: str = field(default="best", metadata={"help": "which checkpoint of the run",
                                                       "choices": ("best", "last")})
     level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
-    # Default 0: the classifier (fused kernels) and kNN run on every core, and the linear probe on one,
-    # which measured fastest on a quiet 2-core machine (5-epoch probe: MLPs 12.0 s -> 8.5 s, kNN 27 s ->
-    # 15 s with 2 threads; lbfgs 31 s with 1 thread, 54 s with 2). On a machine shared with other
-    # jobs use 1: spinning OpenMP threads on busy cores once made a classifier epoch 100x slower.
+    # Default 0. With worker processes (see workers) every probe job runs on one thread in its own
+    # process. Without them the classifier (fused kernels) and kNN run on every core, and the linear
+    # probe on one, which measured fastest on a quiet 2-core machine (5-epoch probe: MLPs 12.0 s ->
+    # 8.5 s, kNN 27 s -> 15 s with 2 threads; lbfgs 31 s with 1 thread, 54 s with 2). On a machine
+    # shared with other jobs use 1: spinning OpenMP threads on busy cores once made a classifier
+    # epoch 100x slower.
     threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch and scikit-learn; 0 = every core "
                                                      "(the linear probe on one); use 1 on a busy shared machine"})
-    workers: int = field(default=0, metadata={"help": "processes that run the linear and knn probes side by side; "
+    workers: int = field(default=0, metadata={"help": "processes that run the probes side by side, one thread each; "
                                                      "0 = one per CPU core (5,000+ training images), 1 = none"})
     data_dir: str | None = field(default=None, metadata={"help": "dataset (default: the run's own data_dir, "
                                                                  "then the usual search)", "metavar": "PATH"})
@@ -199,30 +202,56 @@ def _outcome(predictions: np.ndarray, test_y: torch.Tensor, seeds: list[int], va
             "seeds": seeds, "varied": varied, "seconds": seconds, **extra}
 
 
-def run_mlp_probes(names: list[str], features: dict, labels: dict, cut: int, seeds: list[int], config: ProbeConfig,
-                   progress: bool = False) -> dict[str, dict]:
-    """The study's classifier on each of ``names`` (feature sets of one width), trained as one stack.
+def fit_mlp_stack(trains: list[np.ndarray], train_y: np.ndarray, vals: list[np.ndarray], val_y: np.ndarray,
+                  tests: list[np.ndarray], seeds: list[int], settings: ClassifierSettings, threads: int = 0,
+                  slot: int = -1, progress: bool = False, desc: str = "mlp") -> dict:
+    """The study's classifier on K feature sets of one width, ``len(seeds)`` copies each, trained as one stack.
 
-    Returns ``{name: outcome}`` as each would give alone (the stacked training is
-    the same arithmetic, tested); each outcome's ``seconds`` is its share of the joint wall time.
+    A job for :class:`daelab.workers.WorkerPool`: plain arrays in and out, so it runs the same here
+    or in a worker process. ``threads`` (0 = leave as is) caps PyTorch's threads while it runs;
+    ``slot`` is the progress counter it advances once per epoch in a worker.
+
+    Returns ``{"predictions": (K*S, M) test classes, "val_accuracy", "epochs_run", "best_epoch"
+    (per copy), "seconds"}``; copy ``k * S + j`` is feature set k, seed j.
     """
-    train_y, test_y = labels["train"], labels["test"]
     began = time.perf_counter()
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        fit = train_classifiers([torch.from_numpy(x) for x in trains], torch.from_numpy(train_y),
+                                [torch.from_numpy(x) for x in vals], torch.from_numpy(val_y), seeds, settings,
+                                progress=progress, desc=desc, on_epoch=lambda epoch: report(slot, epoch))
+        tests = [torch.from_numpy(x) for x in tests]
+        per_copy = tests[0] if len(tests) == 1 else torch.stack([t for t in tests for _ in seeds])
+        predictions = fit.model.predict(per_copy).numpy()
+    finally:
+        torch.set_num_threads(previous)
+    return {"predictions": predictions, "val_accuracy": fit.val_accuracy, "epochs_run": fit.epochs_run,
+            "best_epoch": fit.best_epoch, "seconds": time.perf_counter() - began}
+
+
+def _mlp_args(names: list[str], features: dict, labels: dict, cut: int, seeds: list[int], config: ProbeConfig,
+              threads: int, slot: int, progress: bool) -> tuple:
+    """The arguments of :func:`fit_mlp_stack` for the feature sets ``names``."""
     settings = ClassifierSettings(config.epochs, config.batch_size, config.lr, config.early_stopping)
-    fit = train_classifiers([features[f]["train"][:cut] for f in names], train_y[:cut],
-                            [features[f]["train"][cut:] for f in names], train_y[cut:], seeds, settings,
-                            progress=progress, desc="mlp/" + "+".join(names))
-    tests = [features[f]["test"] for f in names]
-    per_copy = tests[0] if len(names) == 1 else torch.stack([t for t in tests for _ in seeds])
-    predictions = fit.model.predict(per_copy).numpy()
-    seconds = (time.perf_counter() - began) / len(names)
+    arrays = [features[f] for f in names]
+    return ([f["train"][:cut].numpy() for f in arrays], labels["train"][:cut].numpy(),
+            [f["train"][cut:].numpy() for f in arrays], labels["train"][cut:].numpy(),
+            [f["test"].numpy() for f in arrays], seeds, settings, threads, slot, progress, "mlp/" + "+".join(names))
+
+
+def _mlp_outcomes(names: list[str], result: dict, features: dict, labels: dict, seeds: list[int]) -> dict[str, dict]:
+    """``{name: outcome}`` of one stack, as each feature set would give alone (the stacked training is
+    the same arithmetic, tested); each outcome's ``seconds`` is its share of the stack's wall time."""
     varied = "initial weights, sample order and dropout masks (each seed its own streams)"
     outcomes = {}
     for k, name in enumerate(names):
         copies = slice(k * len(seeds), (k + 1) * len(seeds))
-        outcomes[name] = _outcome(predictions[copies], test_y, seeds, varied, seconds,
-                                  val_accuracy=fit.val_accuracy[copies], epochs_run=fit.epochs_run[copies],
-                                  best_epoch=fit.best_epoch[copies], params=parameter_counts(features[name]["dim"]),
+        outcomes[name] = _outcome(result["predictions"][copies], labels["test"], seeds, varied,
+                                  result["seconds"] / len(names), val_accuracy=result["val_accuracy"][copies],
+                                  epochs_run=result["epochs_run"][copies], best_epoch=result["best_epoch"][copies],
+                                  params=parameter_counts(features[name]["dim"]),
                                   trained_with=[n for n in names if n != name])
     return outcomes
 
@@ -237,6 +266,25 @@ def _shallow_outcome(result: tuple, labels: dict, seeds: list[int]) -> dict:
     prediction, extra, seconds = result
     # deterministic given the data: run once, not once per seed
     return _outcome(prediction[None, :], labels["test"], seeds[:1], None, seconds, **extra)
+
+
+def _await(pending: dict, pool: WorkerPool, epochs: int, progress: bool) -> None:
+    """Wait for the pooled jobs, with one progress bar over the classifier epochs and the shallow fits."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+    stacks = sum(key[0] == "mlp" for key in pending)
+    bar = tqdm(total=stacks * epochs + len(pending) - stacks, desc="probes (mlp epochs + linear/knn fits)",
+               leave=False, disable=not progress)
+    futures = {future: key for key, (future, _, _) in pending.items()}
+    waiting = set(futures)
+    with bar:
+        while waiting:
+            _, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
+            finished = [futures[f] for f in futures if f not in waiting]
+            # a finished stack counts in full (early stopping may end it before the last epoch)
+            done = sum(epochs if key[0] == "mlp" else 1 for key in finished)
+            running = sum(pool.counters[slot] for slot, key in enumerate(k for k in pending if k[0] == "mlp")
+                          if key not in finished)
+            bar.update(done + running - bar.n)
 
 
 # -------------------------------------------------------------------------------- statistics
@@ -306,27 +354,46 @@ def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, prog
     features = extract_features(model, checkpoint, dataset, config.features, cut, config.seed)
 
     results, outcomes = [], {}
-    mlp: dict[str, dict] = {}
-    if "mlp" in config.probes:  # feature sets of one width train as one stack: less per-step overhead
+    stacks: list[list[str]] = []  # feature sets of one width train as one stack: less per-step overhead
+    if "mlp" in config.probes:
         widths: dict[int, list[str]] = {}
         for fname in config.features:
             widths.setdefault(features[fname]["dim"], []).append(fname)
-        for names in widths.values():
-            mlp.update(run_mlp_probes(names, features, labels, cut, seeds, config, progress))
-    # The shallow probes run after the classifier (whose threads would fight them for the cores),
-    # one worker process per core, largest features first so the longest jobs start first.
+        stacks = sorted(widths.values(), key=lambda names: -features[names[0]]["dim"])
     shallow = sorted(((f, p) for f in config.features for p in config.probes if p != "mlp"),
                      key=lambda job: -features[job[0]]["dim"])
-    workers = config.workers or (available_cores() if shallow and cut >= 5000 else 1)
-    with WorkerPool(workers, warm=shallow_warm_up) as pool:
+    jobs = len(stacks) + len(shallow)
+    workers = config.workers or (available_cores() if jobs > 1 and cut >= 5000 else 1)
+    mlp, shallow_outcomes = {}, {}
+    with WorkerPool(workers, warm=shallow_warm_up, counters=len(stacks)) as pool:
+        # Every job runs single-threaded in a worker, one per core, longest first (the classifier
+        # stacks, then the shallow probes by feature width): this small classifier gains little from
+        # a second thread (measured 1.0-1.4x), two stacks side by side nearly 2x. With fewer stacks
+        # than workers, the stacks train here first on every thread, as the only work running.
+        pooled = pool.workers > 1 and len(stacks) >= pool.workers
         pending = {}
+        if pooled:
+            classifier_warm_up()  # once, before the workers fork: PyTorch's optimizer imports, the C kernels
+        for slot, names in enumerate(stacks):
+            args = _mlp_args(names, features, labels, cut, seeds, config, 1 if pooled else config.threads, slot,
+                             progress and not pooled)
+            if pooled:
+                pending["mlp", tuple(names)] = (pool.submit(fit_mlp_stack, *args), fit_mlp_stack, args)
+            else:
+                mlp.update(_mlp_outcomes(names, fit_mlp_stack(*args), features, labels, seeds))
         threads = 1 if pool.workers > 1 else config.threads  # one thread per worker process
         for fname, pname in shallow:
             args = _shallow_args(pname, features[fname], labels, cut, config, threads)
-            pending[fname, pname] = (pool.submit(run_shallow, *args), args)
-        jobs = tqdm(pending.items(), desc="linear/knn probes", leave=False, disable=not progress or not pending)
-        shallow_outcomes = {key: _shallow_outcome(pool.result(future, run_shallow, *args), labels, seeds)
-                            for key, (future, args) in jobs}
+            pending[fname, pname] = (pool.submit(run_shallow, *args), run_shallow, args)
+        if pooled:
+            _await(pending, pool, config.epochs, progress)
+        quiet = not progress or pooled or not shallow  # pooled jobs had their bar in _await
+        for key, (future, fn, args) in tqdm(pending.items(), desc="linear/knn probes", leave=False, disable=quiet):
+            result = pool.result(future, fn, *args)
+            if key[0] == "mlp":
+                mlp.update(_mlp_outcomes(list(key[1]), result, features, labels, seeds))
+            else:
+                shallow_outcomes[key] = _shallow_outcome(result, labels, seeds)
     for fname in config.features:
         for pname in config.probes:
             outcome = mlp[fname] if pname == "mlp" else shallow_outcomes[fname, pname]

@@ -1,10 +1,12 @@
 """Worker processes for single-threaded scoring jobs (classical denoisers, SSIM, scikit-learn probes).
 
 Much of daelab's evaluation is single-threaded library code (scikit-image, SciPy, lbfgs) that
-leaves the other cores idle. :class:`WorkerPool` runs such jobs in one process per core (forked on
-Linux; see :func:`_start_method`), each limited to one BLAS/OpenMP thread. A job is a module-level
-function of a module that does not import PyTorch, and must be deterministic: its result is then
-the same wherever it runs, which the tests check against running it in the parent.
+leaves the other cores idle, and small PyTorch models use a second thread poorly. :class:`WorkerPool`
+runs such jobs in one process per core (forked on Linux; see :func:`_start_method`), each limited to
+one BLAS/OpenMP thread. A job is a module-level function and must be deterministic: its result is then
+the same wherever it runs, which the tests check against running it in the parent. A job that uses
+PyTorch runs it single-threaded (``torch.set_num_threads(1)``), as PyTorch's own DataLoader workers do
+after a fork, and reports progress through :func:`report`.
 """
 from __future__ import annotations
 
@@ -32,9 +34,10 @@ def _start_method():
     """How to start workers here, or None where no way is safe.
 
     On Linux, fork: a worker starts in milliseconds and never re-imports the caller's script.
-    The parent's PyTorch/OpenMP threads do not survive a fork, which is harmless here because the
-    jobs never call PyTorch and each worker is limited to one OpenMP/BLAS thread (PyTorch's own
-    DataLoader forks such workers the same way). Elsewhere, spawn -- which imports the caller's
+    The parent's PyTorch/OpenMP threads do not survive a fork, which is harmless here because each
+    worker is limited to one OpenMP/BLAS thread (PyTorch's own
+    DataLoader forks such workers the same way, and a job using PyTorch sets it to one thread).
+    Elsewhere, spawn -- which imports the caller's
     ``__main__`` again in every worker -- only when that cannot re-run the caller's work: an
     interactive session, or ``python -m package``; a script that is run directly might lack an
     ``if __name__ == "__main__":`` guard, so there the jobs stay in this process.
@@ -50,7 +53,22 @@ def _start_method():
     return None
 
 
-def _worker_init(warm: Callable[[], None] | None) -> None:
+_counters = None  # in a worker: the pool's shared progress counters (see report)
+
+
+def report(slot: int, value: int) -> None:
+    """Set progress counter ``slot`` of the pool running this job to ``value``; outside a worker, nothing.
+
+    The parent reads the counters (:attr:`WorkerPool.counters`) to draw progress bars for jobs
+    that run elsewhere.
+    """
+    if _counters is not None and 0 <= slot < len(_counters):
+        _counters[slot] = value
+
+
+def _worker_init(warm: Callable[[], None] | None, counters) -> None:
+    global _counters
+    _counters = counters
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; workers just stop
     from threadpoolctl import threadpool_limits
     threadpool_limits(1)  # one process per core: no BLAS threads on top
@@ -63,16 +81,21 @@ class WorkerPool:
 
     ``warm`` (a module-level function) runs once in each worker before its first job: the imports
     and first-call costs that would otherwise land in one job's timing. If the pool cannot start or
-    breaks, the remaining jobs run in this process (with one warning). Use as a context manager.
+    breaks, the remaining jobs run in this process (with one warning). ``counters`` shared integers
+    (:attr:`counters`, all 0 at first) let jobs in the workers report progress (:func:`report`).
+    Use as a context manager.
     """
 
-    def __init__(self, workers: int, warm: Callable[[], None] | None = None):
+    def __init__(self, workers: int, warm: Callable[[], None] | None = None, counters: int = 0):
         self._pool: ProcessPoolExecutor | None = None
+        self.counters: Sequence[int] = [0] * counters
         context = _start_method() if workers > 1 else None
         if context is not None:
             try:
+                # shared memory inherited by the workers at their start (it cannot be pickled to them later)
+                self.counters = context.RawArray("q", counters) if counters else self.counters
                 self._pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                                 initargs=(warm,))
+                                                 initargs=(warm, self.counters or None))
             except (OSError, ValueError) as exc:
                 log.warning("jobs run in this process: cannot start worker processes (%s)", exc)
         self.workers = workers if self._pool is not None else 1
