@@ -168,10 +168,13 @@ def test_every_probe_separates_separable_data(probe):
 
 def test_probes_in_worker_processes_give_the_same_results(tiny_run, tiny_dataset):
     # two classifier stacks (raw; codes+pca) and six shallow probes: every job goes to the two workers
-    common = dict(seeds=2, epochs=3, batch_size=64, features=("codes", "raw", "pca"), probes=("mlp", "linear", "knn"))
+    # early stopping (patience 1) too, so that copies stop at different epochs and restore their best weights
+    common = dict(seeds=2, epochs=4, batch_size=64, early_stopping=1, features=("codes", "raw", "pca"),
+                  probes=("mlp", "linear", "knn"))
     alone = probe_run(tiny_run, ProbeConfig(workers=1, **common), dataset=tiny_dataset, progress=False)
     pooled = probe_run(tiny_run, ProbeConfig(workers=2, **common), dataset=tiny_dataset, progress=False)
-    keys = ("feature", "probe", "mean", "accuracies", "iterations", "k", "val_accuracy", "epochs_run", "trained_with")
+    keys = ("feature", "probe", "mean", "accuracies", "iterations", "k", "val_accuracy", "epochs_run", "best_epoch",
+            "trained_with")
     assert [{k: r.get(k) for k in keys} for r in pooled["results"]] == [{k: r.get(k) for k in keys}
                                                                        for r in alone["results"]]
     assert pooled["comparisons"] == alone["comparisons"] and len(pooled["results"]) == 9
