@@ -1,4 +1,4 @@
-"""Worker processes for single-threaded scoring jobs (classical denoisers, SSIM, scikit-learn probes).
+"""Worker processes for single-threaded jobs (classical denoisers, SSIM, the probes).
 
 Much of daelab's evaluation is single-threaded library code (scikit-image, SciPy, lbfgs) that
 leaves the other cores idle, and small PyTorch models use a second thread poorly. :class:`WorkerPool`
@@ -6,7 +6,7 @@ runs such jobs in one process per core (forked on Linux; see :func:`_start_metho
 one BLAS/OpenMP thread. A job is a module-level function and must be deterministic: its result is then
 the same wherever it runs, which the tests check against running it in the parent. A job that uses
 PyTorch runs it single-threaded (``torch.set_num_threads(1)``), as PyTorch's own DataLoader workers do
-after a fork, and reports progress through :func:`report`.
+after a fork. A long job can report its progress to the parent through :func:`report`.
 """
 from __future__ import annotations
 
@@ -35,10 +35,9 @@ def _start_method():
 
     On Linux, fork: a worker starts in milliseconds and never re-imports the caller's script.
     The parent's PyTorch/OpenMP threads do not survive a fork, which is harmless here because each
-    worker is limited to one OpenMP/BLAS thread (PyTorch's own
-    DataLoader forks such workers the same way, and a job using PyTorch sets it to one thread).
-    Elsewhere, spawn -- which imports the caller's
-    ``__main__`` again in every worker -- only when that cannot re-run the caller's work: an
+    worker is limited to one OpenMP/BLAS thread and a job using PyTorch sets it to one thread
+    (PyTorch's own DataLoader forks its workers the same way). Elsewhere, spawn -- which imports
+    the caller's ``__main__`` again in every worker -- only when that cannot re-run the caller's work: an
     interactive session, or ``python -m package``; a script that is run directly might lack an
     ``if __name__ == "__main__":`` guard, so there the jobs stay in this process.
     """
