@@ -244,8 +244,7 @@ def test_a_broken_pool_falls_back_to_this_process(monkeypatch, caplog):
     noisy = np.clip(clean + 0.1, 0, 1)
     with workers.WorkerPool(2) as pool:
         future = pool.submit(baselines.score_denoiser, "median", noisy, clean, np.full(6, 0.1), 2)
-        metrics, seconds, head = pool.result(future, baselines.score_denoiser, "median", noisy, clean,
-                                             np.full(6, 0.1), 2)
+        metrics, seconds, head = pool.result(future)
     assert "worker processes failed" in caplog.text
     expected, _, _ = baselines.score_denoiser("median", noisy, clean, np.full(6, 0.1), 2)
     np.testing.assert_array_equal(metrics["psnr"], expected["psnr"])

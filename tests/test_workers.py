@@ -1,9 +1,12 @@
 """Worker processes: a caller's script runs once, spawn is used only where that is certain, and jobs
 report progress to the parent."""
+import os
 import subprocess
 import sys
 import textwrap
 import types
+
+import pytest
 
 import daelab.workers as workers
 
@@ -66,3 +69,21 @@ def test_jobs_in_workers_report_progress_through_shared_counters():
     with workers.WorkerPool(1, counters=2) as pool:
         assert pool.workers == 1 and list(pool.counters) == [0, 0]
         assert pool.submit(_count_to, 0, 3).result() == 3
+
+
+_PARENT = os.getpid()
+
+
+def _die_in_a_worker(value: int) -> int:
+    if os.getpid() != _PARENT:
+        os._exit(1)  # the worker dies: the pool is broken
+    return value * 2
+
+
+def test_a_job_whose_worker_died_reruns_in_this_process(caplog):
+    with workers.WorkerPool(2) as pool:
+        if pool.workers == 1:
+            pytest.skip("no worker processes here")
+        futures = [pool.submit(_die_in_a_worker, v) for v in (1, 2, 3)]
+        assert [pool.result(f) for f in futures] == [2, 4, 6]
+    assert "worker processes failed" in caplog.text

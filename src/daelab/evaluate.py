@@ -178,8 +178,8 @@ def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalCo
             for mode in (ORACLE, ESTIMATED):
                 n = min(n_subset, denoiser.max_images or n_subset)  # slow methods: the head of the subsample
                 sigmas = np.full(n, oracle_sigma) if mode == ORACLE else estimated[:n]
-                args = (score_denoiser, denoiser.name, noisy_sub[:n], clean_sub[:n], sigmas, k)
-                jobs.append((denoiser, mode, args, pool.submit(*args)))
+                jobs.append((denoiser, mode, n, pool.submit(score_denoiser, denoiser.name, noisy_sub[:n],
+                                                            clean_sub[:n], sigmas, k)))
     # SSIM of the whole set is as slow as a baseline: it goes to the pool too, in chunks of a fixed
     # multiple of ssim_per_image's own chunk, so that the sums it rounds do not depend on the pool.
     scoring = {name: pool.map_chunks(image_metrics, (clean_np, images), 2000)
@@ -191,11 +191,10 @@ def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalCo
                 "dae": (denoised[:k], per_image["dae"]["mse"][:k])}
     head = {name: {m: v[:n_subset] for m, v in values.items()} for name, values in per_image.items()}
     subset = {"noisy": summarise(head["noisy"]), "dae": summarise(head["dae"], dae_seconds * n_subset / len(clean))}
-    for denoiser, mode, args, future in tqdm(jobs, desc=f"baselines {noise.spec}", leave=False,
-                                             disable=not progress):
-        metrics, seconds, output = pool.result(future, *args)
+    for denoiser, mode, n, future in tqdm(jobs, desc=f"baselines {noise.spec}", leave=False, disable=not progress):
+        metrics, seconds, output = pool.result(future)
         if mode == ESTIMATED:
-            seconds += estimate_seconds * len(args[2]) / n_subset  # a user without the clean image pays too
+            seconds += estimate_seconds * n / n_subset  # a user without the clean image pays for it too
         key = f"{denoiser.name}@{mode}"
         head[key] = metrics
         subset[key] = summarise(metrics, seconds, sigma=mode)

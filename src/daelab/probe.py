@@ -271,20 +271,16 @@ def _shallow_outcome(result: tuple, labels: dict, seeds: list[int]) -> dict:
 def _await(pending: dict, pool: WorkerPool, epochs: int, progress: bool) -> None:
     """Wait for the pooled jobs, with one progress bar over the classifier epochs and the shallow fits."""
     from concurrent.futures import FIRST_COMPLETED, wait
-    stacks = sum(key[0] == "mlp" for key in pending)
-    bar = tqdm(total=stacks * epochs + len(pending) - stacks, desc="probes (mlp epochs + linear/knn fits)",
-               leave=False, disable=not progress)
-    futures = {future: key for key, (future, _, _) in pending.items()}
-    waiting = set(futures)
-    with bar:
+    stacks = [future for key, future in pending.items() if key[0] == "mlp"]  # in the order of their slots
+    others = [future for key, future in pending.items() if key[0] != "mlp"]
+    waiting = set(pending.values())
+    with tqdm(total=len(stacks) * epochs + len(others), desc="probes (mlp epochs + linear/knn fits)", leave=False,
+              disable=not progress) as bar:
         while waiting:
             _, waiting = wait(waiting, timeout=0.5, return_when=FIRST_COMPLETED)
-            finished = [futures[f] for f in futures if f not in waiting]
             # a finished stack counts in full (early stopping may end it before the last epoch)
-            done = sum(epochs if key[0] == "mlp" else 1 for key in finished)
-            running = sum(pool.counters[slot] for slot, key in enumerate(k for k in pending if k[0] == "mlp")
-                          if key not in finished)
-            bar.update(done + running - bar.n)
+            done = sum(pool.counters[slot] if f in waiting else epochs for slot, f in enumerate(stacks))
+            bar.update(done + sum(f not in waiting for f in others) - bar.n)
 
 
 # -------------------------------------------------------------------------------- statistics
@@ -378,18 +374,18 @@ def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, prog
             args = _mlp_args(names, features, labels, cut, seeds, config, 1 if pooled else config.threads, slot,
                              progress and not pooled)
             if pooled:
-                pending["mlp", tuple(names)] = (pool.submit(fit_mlp_stack, *args), fit_mlp_stack, args)
+                pending["mlp", tuple(names)] = pool.submit(fit_mlp_stack, *args)
             else:
                 mlp.update(_mlp_outcomes(names, fit_mlp_stack(*args), features, labels, seeds))
         threads = 1 if pool.workers > 1 else config.threads  # one thread per worker process
         for fname, pname in shallow:
             args = _shallow_args(pname, features[fname], labels, cut, config, threads)
-            pending[fname, pname] = (pool.submit(run_shallow, *args), run_shallow, args)
+            pending[fname, pname] = pool.submit(run_shallow, *args)
         if pooled:
             _await(pending, pool, config.epochs, progress)
         quiet = not progress or pooled or not shallow  # pooled jobs had their bar in _await
-        for key, (future, fn, args) in tqdm(pending.items(), desc="linear/knn probes", leave=False, disable=quiet):
-            result = pool.result(future, fn, *args)
+        for key, future in tqdm(pending.items(), desc="linear/knn probes", leave=False, disable=quiet):
+            result = pool.result(future)
             if key[0] == "mlp":
                 mlp.update(_mlp_outcomes(list(key[1]), result, features, labels, seeds))
             else:

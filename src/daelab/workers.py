@@ -37,9 +37,9 @@ def _start_method():
     The parent's PyTorch/OpenMP threads do not survive a fork, which is harmless here because each
     worker is limited to one OpenMP/BLAS thread and a job using PyTorch sets it to one thread
     (PyTorch's own DataLoader forks its workers the same way). Elsewhere, spawn -- which imports
-    the caller's ``__main__`` again in every worker -- only when that cannot re-run the caller's work: an
-    interactive session, or ``python -m package``; a script that is run directly might lack an
-    ``if __name__ == "__main__":`` guard, so there the jobs stay in this process.
+    the caller's ``__main__`` again in every worker -- only when that cannot re-run the caller's
+    work: an interactive session, or ``python -m package``; a script that is run directly might
+    lack an ``if __name__ == "__main__":`` guard, so there the jobs stay in this process.
     """
     import multiprocessing
     import sys
@@ -87,6 +87,7 @@ class WorkerPool:
 
     def __init__(self, workers: int, warm: Callable[[], None] | None = None, counters: int = 0):
         self._pool: ProcessPoolExecutor | None = None
+        self._calls: dict[Future, tuple[Callable, tuple]] = {}  # what each pooled future runs, to rerun it here
         self.counters: Sequence[int] = [0] * counters
         context = _start_method() if workers > 1 else None
         if context is not None:
@@ -103,29 +104,31 @@ class WorkerPool:
         """Schedule ``fn(*args)``; returns a future (already done when there is no pool)."""
         if self._pool is not None:
             try:
-                return self._pool.submit(fn, *args)
+                future = self._pool.submit(fn, *args)
+                self._calls[future] = (fn, args)
+                return future
             except (BrokenProcessPool, RuntimeError, OSError) as exc:
                 self._give_up(exc)
-        future: Future = Future()
+        future = Future()
         future.set_result(fn(*args))
         return future
 
-    def result(self, future: Future, fn: Callable, *args):
-        """The result of ``future``; ``fn(*args)`` (as given to :meth:`submit`) reruns it here if the pool broke."""
+    def result(self, future: Future):
+        """The result of a future from :meth:`submit`; its job reruns here if the pool broke."""
+        fn, args = self._calls.pop(future, (None, ()))
         try:
             return future.result()
         except BrokenProcessPool as exc:
             self._give_up(exc)
             return fn(*args)
 
-    def map_chunks(self, fn: Callable, arrays: Sequence[np.ndarray], chunk: int) -> list[tuple[Future, tuple]]:
+    def map_chunks(self, fn: Callable, arrays: Sequence[np.ndarray], chunk: int) -> list[Future]:
         """Submit ``fn`` on row chunks of ``arrays`` (same length); gather with :meth:`gather_chunks`."""
-        calls = [(fn,) + tuple(a[i:i + chunk] for a in arrays) for i in range(0, len(arrays[0]), chunk)]
-        return [(self.submit(*call), call) for call in calls]
+        return [self.submit(fn, *(a[i:i + chunk] for a in arrays)) for i in range(0, len(arrays[0]), chunk)]
 
-    def gather_chunks(self, pending: list[tuple[Future, tuple]]) -> dict[str, np.ndarray]:
+    def gather_chunks(self, futures: list[Future]) -> dict[str, np.ndarray]:
         """Concatenate the per-chunk dicts of arrays that :meth:`map_chunks` jobs return."""
-        parts = [self.result(future, *call) for future, call in pending]
+        parts = [self.result(future) for future in futures]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def _give_up(self, exc: BaseException) -> None:
