@@ -140,3 +140,23 @@ def test_debug_shows_traceback_otherwise_one_line(capsys):
 def test_save_checkpoint_tags_format(tmp_path):
     save_checkpoint(tmp_path / "x.pt", {"model": {"w": torch.ones(2)}})
     assert load_checkpoint(tmp_path / "x.pt")["version"] == VERSION
+
+
+def test_ctrl_c_inside_a_checkpoint_write_is_reported_as_the_interrupt(tmp_path):
+    # torch.save's zip writer, interrupted, raises its own error while unwinding: the caller must
+    # still see the KeyboardInterrupt (one line in the CLI), and the old file must stay as it was.
+    from daelab.checkpoint import atomic_write
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"previous")
+
+    def interrupted_write(handle):
+        try:
+            handle.write(b"partial")
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("unexpected pos")  # what the zip writer's __exit__ raises then
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, interrupted_write)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind

@@ -33,13 +33,29 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        # A Ctrl-C inside torch.save surfaces as the zip writer's own error on the way out; report the
+        # interrupt, which the CLI turns into one line ("path" itself is untouched either way).
+        interrupt = _interrupt_behind(exc)
+        if interrupt is not None and interrupt is not exc:
+            raise interrupt from None
         raise
     _fsync_dir(path.parent)
+
+
+def _interrupt_behind(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt that ``exc`` was raised while handling, if any (or ``exc`` itself)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:
