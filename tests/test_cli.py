@@ -82,3 +82,23 @@ def test_summary_and_help(capsys):
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "daelab", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("daelab ")
+
+
+def test_top_level_help_lists_every_command_without_importing_torch():
+    # `daelab --help` builds only the command list: no command's options, so no torch import (~3 s)
+    code = ("import sys\nfrom daelab.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith("NO-TORCH")
+    for name in ("train", "summary", "evaluate", "probe", "denoise", "reproduce", "report"):
+        assert f"    {name} " in result.stdout
+
+
+def test_each_command_parses_its_own_options_when_named():
+    from daelab.cli import build_parser
+    args = build_parser(["--debug", "probe", "runs/x", "--seeds", "3"]).parse_args(
+        ["--debug", "probe", "runs/x", "--seeds", "3"])
+    assert args.command == "probe" and args.seeds == 3 and args.debug
+    with pytest.raises(SystemExit):  # another command's options are not built
+        build_parser(["report", "runs/x"]).parse_args(["train", "--epochs", "2"])

@@ -27,11 +27,24 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return action.help
 
 
+# What each command does, in a line: the top-level help lists these without building the commands'
+# own parsers (which import torch).
+SUMMARIES = {
+    "train": 'train a denoising autoencoder',
+    "summary": "print a model's layer table",
+    "evaluate": 'score a trained DAE against noisy input and classical denoisers',
+    "probe": "are the encoder's codes worth more than pixels?",
+    "denoise": 'denoise your own images with a trained run',
+    "reproduce": 'redo the whole study into one run directory and write its report',
+    "report": 'write report.html and report.md of a run',
+}
+
+
 # ------------------------------------------------------------------------------------ train
 def _add_train(sub) -> None:
     from daelab.models import ModelConfig
     from daelab.train import TrainConfig
-    p = sub.add_parser("train", formatter_class=_Formatter, help="train a denoising autoencoder",
+    p = sub.add_parser("train", formatter_class=_Formatter, help=SUMMARIES["train"],
                        description="Train a DAE. The defaults reproduce the study: the 784-512-512-256-196 MLP, "
                                    "Adam 1e-3, MSE, batch 256, 100 epochs, noise gaussian:0.1, validated on the "
                                    "noisy test set.",
@@ -86,7 +99,7 @@ def _run_train(args) -> int:
 # ---------------------------------------------------------------------------------- summary
 def _add_summary(sub) -> None:
     from daelab.models import ModelConfig
-    p = sub.add_parser("summary", formatter_class=_Formatter, help="print a model's layer table",
+    p = sub.add_parser("summary", formatter_class=_Formatter, help=SUMMARIES["summary"],
                        description="Print a Keras-like summary (layer, output shape, parameters, totals) of a "
                                    "registered model, or of the model in a run directory.")
     p.add_argument("run_dir", nargs="?", type=Path, help="a run directory (default: build from the flags)")
@@ -108,8 +121,7 @@ def _run_summary(args) -> int:
 # --------------------------------------------------------------------------------- evaluate
 def _add_evaluate(sub) -> None:
     from daelab.evaluate import EvalConfig
-    p = sub.add_parser("evaluate", formatter_class=_Formatter, help="score a trained DAE against noisy input and "
-                                                                    "classical denoisers",
+    p = sub.add_parser("evaluate", formatter_class=_Formatter, help=SUMMARIES["evaluate"],
                        description="Evaluate the DAE of RUN_DIR: MSE (R_loss), PSNR and SSIM with 95% intervals "
                                    "for the noisy input, the DAE (whole test set) and classical baselines (a seeded "
                                    "subsample), one fixed noise draw per level, plus a robustness matrix across "
@@ -150,8 +162,7 @@ def _run_evaluate(args) -> int:
 
 # -------------------------------------------------------------------------------- reproduce
 def _add_reproduce(sub) -> None:
-    p = sub.add_parser("reproduce", formatter_class=_Formatter, help="redo the whole study into one run directory "
-                                                                     "and write its report",
+    p = sub.add_parser("reproduce", formatter_class=_Formatter, help=SUMMARIES["reproduce"],
                        description="Run the study end to end into RUN_DIR: train the DAE with the study's settings "
                                    "(100 epochs), evaluate it at the study's uniform noise levels against classical "
                                    "baselines, probe its codes against raw pixels over 5 seeds, and write "
@@ -185,7 +196,7 @@ def _run_reproduce(args) -> int:
 
 # ----------------------------------------------------------------------------------- report
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", formatter_class=_Formatter, help="write report.html and report.md of a run",
+    p = sub.add_parser("report", formatter_class=_Formatter, help=SUMMARIES["report"],
                        description="Write RUN_DIR/report.html (self-contained: figures embedded, no network) and "
                                    "report.md from what the stages wrote there (config.json, metrics.jsonl, "
                                    "evaluation.json, probe.json, reproduce.json). Nothing is recomputed; a stage "
@@ -204,7 +215,7 @@ def _run_report(args) -> int:
 
 # ---------------------------------------------------------------------------------- denoise
 def _add_denoise(sub) -> None:
-    p = sub.add_parser("denoise", formatter_class=_Formatter, help="denoise your own images with a trained run",
+    p = sub.add_parser("denoise", formatter_class=_Formatter, help=SUMMARIES["denoise"],
                        description="Denoise .npy/.npz arrays (an image (H, W) or a stack (N, H, W), uint8 or float "
                                    "in [0, 1]) and PNG/JPEG files (read as grayscale). Writes NAME.denoised.EXT "
                                    "beside each input, or into --out; never writes onto an input. The MLP needs "
@@ -244,7 +255,7 @@ def _run_denoise(args) -> int:
 # ------------------------------------------------------------------------------------ probe
 def _add_probe(sub) -> None:
     from daelab.probe import FEATURES, PROBES, ProbeConfig
-    p = sub.add_parser("probe", formatter_class=_Formatter, help="are the encoder's codes worth more than pixels?",
+    p = sub.add_parser("probe", formatter_class=_Formatter, help=SUMMARIES["probe"],
                        description="Train probes (the study's classifier over several seeds, logistic regression, "
                                    "k nearest neighbours) on the encoder's codes, the raw pixels and a PCA of the "
                                    "same width, and compare them with paired differences and t-intervals. Writes "
@@ -276,10 +287,20 @@ def _run_probe(args) -> int:
     return 0
 
 
-COMMANDS = [_add_train, _add_summary, _add_evaluate, _add_probe, _add_denoise, _add_reproduce, _add_report]
+COMMANDS = {"train": _add_train, "summary": _add_summary, "evaluate": _add_evaluate, "probe": _add_probe,
+            "denoise": _add_denoise, "reproduce": _add_reproduce, "report": _add_report}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested_command(argv: list[str]) -> str | None:
+    """The command named on the command line (the top-level options take no values), or None."""
+    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    return name if name in COMMANDS else None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the command it names gets its options (``daelab --help`` and
+    ``daelab report ...`` then start without importing torch). Without, every command gets them."""
+    wanted = _requested_command(argv) if argv is not None else None
     parser = argparse.ArgumentParser(prog="daelab", formatter_class=_Formatter,
                                      description="daelab: train denoising autoencoders, denoise with them, and "
                                                  "measure honestly what their features are worth.")
@@ -287,13 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in COMMANDS:
-        add(sub)
+    for name, add in COMMANDS.items():
+        if argv is None or name == wanted:
+            add(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     from tqdm.contrib.logging import logging_redirect_tqdm
