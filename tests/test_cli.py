@@ -102,3 +102,18 @@ def test_each_command_parses_its_own_options_when_named():
     assert args.command == "probe" and args.seeds == 3 and args.debug
     with pytest.raises(SystemExit):  # another command's options are not built
         build_parser(["report", "runs/x"]).parse_args(["train", "--epochs", "2"])
+
+
+def test_resume_of_a_run_still_training_says_it_is_in_use(tmp_path, capsys):
+    # the training process holds the lock but has not written its first checkpoint yet
+    import os
+    import socket
+
+    from daelab.runs import LOCK_FILE
+    (tmp_path / LOCK_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")  # a live owner: this process
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another training process" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / LOCK_FILE).write_text(f"{socket.gethostname()} 999999999\n")  # its process is gone
+    assert main(["train", "--resume", str(tmp_path)]) == 1
+    assert "no checkpoint" in capsys.readouterr().err

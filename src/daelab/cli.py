@@ -65,12 +65,13 @@ def _add_train(sub) -> None:
 def _run_train(args) -> int:
     from daelab.checkpoint import LAST, load_checkpoint
     from daelab.models import ModelConfig
-    from daelab.runs import default_run_dir
+    from daelab.runs import RunLock, default_run_dir
     from daelab.train import TrainConfig, fit
     file_values = read_config_file(args.config) if args.config else None
     if args.resume:
         if args.run_dir and args.run_dir != args.resume:
             raise ConfigError("--resume and --run-dir name different directories", "give only --resume RUN_DIR")
+        RunLock(args.resume).check_free()  # a run still in training may have no checkpoint yet
         state = load_checkpoint(Path(args.resume) / LAST)
         given = {k for k, v in vars(args).items() if v is not None} - {"func", "command", "config", "resume",
                                                                          "run_dir", "no_progress", "debug",

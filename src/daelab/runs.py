@@ -91,16 +91,31 @@ class RunLock:
             return True
         return True
 
+    def _in_use(self) -> RunLockedError:
+        try:
+            owner = self.path.read_text().strip()
+        except OSError:  # released meanwhile
+            owner = "gone since"
+        return RunLockedError(f"{self.path.parent} is in use by another training process ({owner})",
+                              f"wait for it to finish, or use another --run-dir; remove {self.path} "
+                              "only if that process is gone")
+
+    def check_free(self) -> None:
+        """Raise ``RunLockedError`` if a live process holds the lock (without taking it).
+
+        For a resume, whose checkpoint the running process may not have written yet: being told
+        the directory is in use says more than "no checkpoint".
+        """
+        if self.path.exists() and self._owner_alive():
+            raise self._in_use()
+
     def acquire(self) -> "RunLock":
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 if self._owner_alive():
-                    owner = self.path.read_text().strip()
-                    raise RunLockedError(f"{self.path.parent} is in use by another training process ({owner})",
-                                         f"wait for it to finish, or use another --run-dir; remove {self.path} "
-                                         "only if that process is gone") from None
+                    raise self._in_use() from None
                 self.path.unlink(missing_ok=True)  # stale: its process died
                 continue
             with os.fdopen(fd, "w") as handle:
