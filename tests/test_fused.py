@@ -166,6 +166,39 @@ def test_dropout_mask_rate():
     assert 0.6 < float((keep == again).float().mean()) < 0.72  # independent streams: 0.8^2 + 0.2^2 = 0.68
 
 
+def _philox_reference(counter: int, stream: int, seed: int) -> list[int]:
+    """Philox4x32-10 of counter (counter, stream, 0, 0) under key (seed low, seed high), in plain Python."""
+    x = [counter, stream, 0, 0]
+    k0, k1 = seed & 0xFFFFFFFF, seed >> 32
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * x[0], 0xCD9E8D57 * x[2]
+        x = [(p1 >> 32) ^ x[1] ^ k0, p1 & 0xFFFFFFFF, (p0 >> 32) ^ x[3] ^ k1, p0 & 0xFFFFFFFF]
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+    return x
+
+
+def test_dropout_words_are_philox4x32_10():
+    # Random123's known answer: counter 0, key 0 -> 6627e8d5 e169c58d bc57ac4c 9b00dbd8
+    assert _philox_reference(0, 0, 0) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    lib = fused.load_kernels()
+    chunk = 64  # value e is word (e % 256) // 64 of counter (e // 256) * 64 + e % 64
+    for seed, stream in [(0, 0), (2 ** 64 - 1, 3), (123456789012345, 1)]:
+        n = 1000
+        keep = torch.empty(n, dtype=torch.uint8)
+        lib.dropout_mask(seed, stream, n, 2 ** 31, keep.data_ptr(), 0.0, None)  # keep = word >= 2^31
+        expected = [_philox_reference((e // 256) * chunk + e % chunk, stream, seed)[(e % 256) // chunk] >= 2 ** 31
+                    for e in range(n)]
+        assert keep.tolist() == [int(v) for v in expected]
+    # and a whole word, recovered by bisection over the threshold: value 0 of seed 0, stream 0
+    low, high = 0, 2 ** 32 - 1
+    one = torch.empty(1, dtype=torch.uint8)
+    while low < high:
+        mid = (low + high + 1) // 2
+        lib.dropout_mask(0, 0, 1, mid, one.data_ptr(), 0.0, None)
+        low, high = (mid, high) if one.item() else (low, mid - 1)
+    assert low == 0x6627E8D5
+
+
 def test_other_noise_models_and_last_partial_batch():
     model, _, policy = _setup()
     data = torch.rand(90, 100)
