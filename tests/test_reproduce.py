@@ -104,3 +104,21 @@ def test_reproduce_cli_help(capsys):
         main(["reproduce", "--help"])
     out = capsys.readouterr().out
     assert "--quick" in out and "--run-dir" in out and "runs/study" in out and "--data-dir" in out
+
+
+def test_interrupted_training_says_to_rerun_reproduce(tmp_path, tiny_dataset, monkeypatch):
+    """Ctrl-C during the train stage: the hint is to rerun reproduce (which resumes), not 'daelab train'."""
+    import daelab.train
+    from daelab.errors import TrainingInterrupted
+    _quick_settings_small(monkeypatch)
+
+    def stopped(*args, **kwargs):
+        raise TrainingInterrupted("stopped at epoch 2, step 5; checkpoint written to x/last.pt",
+                                  "resume with: daelab train --resume x")
+
+    monkeypatch.setattr(daelab.train, "fit", stopped)
+    with pytest.raises(TrainingInterrupted) as caught:
+        reproduce(tmp_path / "run", quick=True, dataset=tiny_dataset, progress=False)
+    assert caught.value.message.startswith("stopped at epoch 2, step 5")
+    assert "daelab reproduce" in caught.value.hint and "daelab train" not in caught.value.hint
+    assert caught.value.exit_code == 130
