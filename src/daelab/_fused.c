@@ -57,12 +57,10 @@ static inline float open_unit(uint32_t bits) { /* uniform on (0, 1): never 0, so
 
 #define CHUNK 64 /* Philox groups per vectorised chunk: 256 values */
 
-/* The 4 * CHUNK random words of chunk c: words[q * CHUNK + j] is word q of counter c * CHUNK + j,
- * so value e0 + k of the chunk starting at e0 = c * 4 * CHUNK reads words[k] (contiguous stores,
- * so the callers' loops vectorise). Up to 2^34 values per (seed, stream). */
 #ifdef __AVX512F__
 /* High and low halves of the 32x32-bit products a * m, lane by lane: vpmuludq on the even and the
- * odd lanes. (Left to itself the compiler widens to 64-bit lanes and uses vpmullq, ~3x slower.) */
+ * odd lanes. (Left to itself, GCC widens to 64-bit lanes and multiplies with vpmullq: the masks
+ * and the noise took twice as long.) */
 static inline void mul_hi_lo(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
     const __m512i even = _mm512_mul_epu32(a, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
     *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
@@ -70,6 +68,9 @@ static inline void mul_hi_lo(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
 }
 #endif
 
+/* The 4 * CHUNK random words of chunk c: words[q * CHUNK + j] is word q of counter c * CHUNK + j,
+ * so value e0 + k of the chunk starting at e0 = c * 4 * CHUNK reads words[k] (contiguous stores,
+ * so the callers' loops vectorise). Up to 2^34 values per (seed, stream). */
 static inline void philox_chunk(int64_t c, uint32_t stream, uint64_t seed, uint32_t words[4 * CHUNK]) {
     const uint32_t g0 = (uint32_t)(c * CHUNK), k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
 #ifdef __AVX512F__

@@ -30,13 +30,13 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 # What each command does, in a line: the top-level help lists these without building the commands'
 # own parsers (which import torch).
 SUMMARIES = {
-    "train": 'train a denoising autoencoder',
+    "train": "train a denoising autoencoder",
     "summary": "print a model's layer table",
-    "evaluate": 'score a trained DAE against noisy input and classical denoisers',
+    "evaluate": "score a trained DAE against noisy input and classical denoisers",
     "probe": "are the encoder's codes worth more than pixels?",
-    "denoise": 'denoise your own images with a trained run',
-    "reproduce": 'redo the whole study into one run directory and write its report',
-    "report": 'write report.html and report.md of a run',
+    "denoise": "denoise your own images with a trained run",
+    "reproduce": "redo the whole study into one run directory and write its report",
+    "report": "write report.html and report.md of a run",
 }
 
 

@@ -95,7 +95,7 @@ class RunLock:
         try:
             owner = self.path.read_text().strip()
         except OSError:  # released meanwhile
-            owner = "gone since"
+            owner = "owner unknown"
         return RunLockedError(f"{self.path.parent} is in use by another training process ({owner})",
                               f"wait for it to finish, or use another --run-dir; remove {self.path} "
                               "only if that process is gone")
