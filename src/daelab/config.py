@@ -81,6 +81,11 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file {path} is not valid: {first}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a table of settings, not {type(values).__name__}")
+    # YAML allows keys of any type (a line holding only `?` is a null key); settings are named by text
+    odd = [key for table in [values, *(v for v in values.values() if isinstance(v, dict))]
+           for key in table if not isinstance(key, str)]
+    if odd:
+        raise ConfigError(f"config file {path}: {odd[0]!r} is not a setting name", "write names as text: key: value")
     return values
 
 
