@@ -112,9 +112,9 @@ def test_interrupted_training_says_to_rerun_reproduce(tmp_path, tiny_dataset, mo
     from daelab.errors import TrainingInterrupted
     _quick_settings_small(monkeypatch)
 
-    def stopped(*args, **kwargs):
+    def stopped(*args, resume_hint=None, **kwargs):  # as fit stops: its message, the caller's hint
         raise TrainingInterrupted("stopped at epoch 2, step 5; checkpoint written to x/last.pt",
-                                  "resume with: daelab train --resume x")
+                                  resume_hint or "resume with: daelab train --resume x")
 
     monkeypatch.setattr(daelab.train, "fit", stopped)
     with pytest.raises(TrainingInterrupted) as caught:

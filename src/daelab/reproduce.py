@@ -19,7 +19,7 @@ from pathlib import Path
 
 from daelab.config import to_jsonable
 from daelab.data import Dataset
-from daelab.errors import TrainingInterrupted, UsageError
+from daelab.errors import UsageError
 from daelab.runs import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,9 @@ def _train(run_dir: Path, settings: dict, dataset: Dataset | None, progress: boo
     resume = (run_dir / LAST).is_file()  # a run cut short: continue it (a finished one runs 0 epochs)
     if resume:
         log.info("train: resuming from %s", run_dir / LAST)
-    try:
-        result = fit(settings["model"], settings["train"], run_dir, resume=resume, dataset=dataset, progress=progress)
-    except TrainingInterrupted as exc:  # fit's hint names 'daelab train --resume', which would skip the other stages
-        raise TrainingInterrupted(exc.message, "to resume, run the same 'daelab reproduce' (or 'make reproduce') "
-                                               "again") from None
+    # not 'daelab train --resume', which would leave the other stages undone
+    result = fit(settings["model"], settings["train"], run_dir, resume=resume, dataset=dataset, progress=progress,
+                 resume_hint="to resume, run the same 'daelab reproduce' (or 'make reproduce') again")
     return {"settings": {"model": to_jsonable(settings["model"]), "train": to_jsonable(settings["train"])},
             "resumed": resume, "epochs_run": result["epochs_run"], "best_val_loss": result["best_val_loss"],
             "final_val_loss": result["final_val_loss"]}

@@ -302,12 +302,14 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 
 # -------------------------------------------------------------------------------------- fit
 def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, resume: bool = False,
-        dataset: Dataset | None = None, progress: bool = True) -> dict:
+        dataset: Dataset | None = None, progress: bool = True, resume_hint: str | None = None) -> dict:
     """Train a DAE into ``run_dir`` (or continue the run there with ``resume``).
 
     Writes ``config.json``, ``last.pt``/``best.pt`` checkpoints, ``metrics.jsonl``, TensorBoard
     events and ``loss_curve.png``. Under ``torchrun`` each process trains on its shard with DDP and
-    only rank 0 writes.
+    only rank 0 writes. Stopped by SIGINT/SIGTERM, it checkpoints and raises ``TrainingInterrupted``
+    whose hint is ``resume_hint`` (default: ``daelab train --resume RUN_DIR``; a caller that resumes
+    otherwise says how).
 
     Returns
     -------
@@ -397,7 +399,7 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
                         checkpoint([LAST])
                         raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {epoch_step}; checkpoint "
                                                   f"written to {run_dir / LAST}",
-                                                  f"resume with: daelab train --resume {run_dir}")
+                                                  resume_hint or f"resume with: daelab train --resume {run_dir}")
                     if epoch_step < steps_per_epoch:
                         checkpoint([LAST])
                 bar.close()
