@@ -118,6 +118,25 @@ def test_adam_step_matches_torch_adam():
     assert torch.equal(policy.layers[0].weight, model.encoder[0].weight.detach().bfloat16())
 
 
+def test_adam_step_counts_survive_a_checkpoint_into_torch_adam(tmp_path):
+    """The fused Adam keeps every parameter's step count in one tensor; saved and loaded into
+    PyTorch's own Adam they are still one count per parameter, each advanced once per step."""
+    model, optimizer, policy = _setup()
+    data, generator = torch.rand(200, 100), torch.Generator().manual_seed(0)
+    for step in range(3):
+        policy.step(data, torch.arange(50) + step, parse_noise("gaussian:0.1"), generator)
+    assert [float(s["step"]) for s in optimizer.state.values()] == [3.0] * len(optimizer.state)
+    torch.save(optimizer.state_dict(), tmp_path / "adam.pt")
+    reference = copy.deepcopy(model)
+    plain = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    plain.load_state_dict(torch.load(tmp_path / "adam.pt"))
+    for param in reference.parameters():
+        param.grad = torch.ones_like(param)
+    plain.step()
+    assert [float(s["step"]) for s in plain.state.values()] == [4.0] * len(plain.state)
+    assert [float(s["step"]) for s in optimizer.state.values()] == [3.0] * len(optimizer.state)
+
+
 def _gaussian(data, index, level, seed, stream=0):
     lib = fused.load_kernels()
     clean = torch.empty(len(index), data.shape[1])

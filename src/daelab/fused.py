@@ -349,22 +349,28 @@ class FusedAdam:
     def __init__(self, lib: ctypes.CDLL, optimizer: torch.optim.Adam, grads: dict, shadows: dict | None = None):
         self.lib, self.group = lib, optimizer.param_groups[0]
         shadows = shadows or {}
-        self.steps, self.calls = [], []
+        states, self.calls = [], []
         for param, grad in grads.items():
             state = optimizer.state[param]
             if not state:
                 state["step"] = torch.tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-            self.steps.append(state["step"])
+            states.append(state)
             self.calls.append((ptr(param), ptr(grad), int(grad.dtype == torch.bfloat16), ptr(state["exp_avg"]),
                                ptr(state["exp_avg_sq"]), ptr(shadows.get(param)), param.numel()))
-        self.t = float(self.steps[0]) if self.steps else 0.0
-        if any(float(step) != self.t for step in self.steps):
+        self.t = float(states[0]["step"]) if states else 0.0
+        if any(float(state["step"]) != self.t for state in states):
             raise ValueError("parameters at different Adam steps")
+        # Every parameter's step count becomes a 0-d view of one tensor, so that a step adds 1 to all
+        # of them in one op (a foreach add over 24 scalars cost ~0.1 ms a step). They stay separate
+        # values in the optimizer's state, saved and loaded as before.
+        self.step_counts = torch.full((len(states),), self.t)
+        for k, state in enumerate(states):
+            state["step"] = self.step_counts[k]
 
     def step(self) -> None:
-        torch._foreach_add_(self.steps, 1.0)
+        self.step_counts.add_(1.0)
         self.t += 1
         beta1, beta2 = self.group["betas"]
         step_size = float(self.group["lr"]) / (1 - beta1 ** self.t)
