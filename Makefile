@@ -8,7 +8,7 @@ DAELAB := $(VENV)/bin/daelab
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 TORCH ?= torch==2.13.0
 
-.PHONY: setup data browser test reproduce quick train benchmark lint clean
+.PHONY: setup data browser test reproduce quick train benchmark benchmark-study lint clean
 
 setup: $(VENV)/.installed data
 
@@ -40,6 +40,10 @@ train: setup
 
 benchmark: setup
 	$(PY) benchmarks/bench_train.py
+
+# the whole study beside the plain loop measured just before and after it (~10 minutes)
+benchmark-study: setup
+	$(PY) benchmarks/bench_study.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
