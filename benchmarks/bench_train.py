@@ -33,7 +33,8 @@ from daelab.noise import parse_noise
 from daelab.train import TrainConfig, fit, make_optimizer, make_training_policy, train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAIN = ROOT.parent / "shared" / "bench" / "plain_torch_dae.py"
+# the project's reference loop, beside the repository (a clone elsewhere names it in DAELAB_PLAIN_BENCH)
+PLAIN = Path(os.environ.get("DAELAB_PLAIN_BENCH") or ROOT.parent / "shared" / "bench" / "plain_torch_dae.py")
 
 
 def gemm_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, tries: int = 3) -> float:
@@ -95,6 +96,8 @@ def steal_seconds() -> float | None:
 
 
 def plain_loop(epochs: int, data_dir: str | None) -> dict:
+    if not PLAIN.is_file():
+        sys.exit(f"benchmark: no plain loop at {PLAIN} (set DAELAB_PLAIN_BENCH to plain_torch_dae.py's path)")
     cmd = [sys.executable, str(PLAIN), "--epochs", str(epochs), "--json"]
     if data_dir:
         cmd += ["--data-dir", data_dir]
