@@ -84,6 +84,9 @@ def main() -> None:
     print(f"study / plain loop's 100 epochs: {result['ratio_study_to_plain_100']:.2f} (the issue's 6 of ~9 min: 0.67)")
     print(f"study scaled to a plain loop of {args.reference:,.0f} samples/s: "
           f"{result['study_seconds_at_reference']:.0f} s ({result['study_seconds_at_reference'] / 60:.2f} min)")
+    if args.quick:
+        print("(--quick: 3 epochs on a subset; the two figures above compare it with 100 full epochs, so they "
+              "only show that the script runs)")
     print(f"results: best validation MSE {result['best_val_loss']!r}; {headline['probe']} on "
           f"{headline['a']} - {headline['b']}: {headline['mean']:+.4f} ({headline['verdict']})")
     if abs(after - before) > 0.15 * plain_rate:
