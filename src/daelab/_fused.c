@@ -33,20 +33,26 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* Philox4x32-10's round multipliers and key increments (Salmon et al.), shared by both paths below. */
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
 /* Philox4x32-10 of counter (c0, stream, 0, 0) under key (k0, k1); a macro-free inline function
  * with scalar outputs so that loops over c0 vectorise (AVX-512: 16 counters per instruction). */
 static inline void philox(uint32_t c0, uint32_t stream, uint32_t k0, uint32_t k1, uint32_t *o0, uint32_t *o1,
                           uint32_t *o2, uint32_t *o3) {
     uint32_t x0 = c0, x1 = stream, x2 = 0, x3 = 0;
     for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * x0, p1 = (uint64_t)0xCD9E8D57u * x2;
+        uint64_t p0 = (uint64_t)PHILOX_M0 * x0, p1 = (uint64_t)PHILOX_M1 * x2;
         uint32_t y0 = (uint32_t)(p1 >> 32) ^ x1 ^ k0, y2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1;
         x1 = (uint32_t)p1;
         x3 = (uint32_t)p0;
         x0 = y0;
         x2 = y2;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
     }
     *o0 = x0; *o1 = x1; *o2 = x2; *o3 = x3;
 }
@@ -74,7 +80,7 @@ static inline void mul_hi_lo(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
 static inline void philox_chunk(int64_t c, uint32_t stream, uint64_t seed, uint32_t words[4 * CHUNK]) {
     const uint32_t g0 = (uint32_t)(c * CHUNK), k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
 #ifdef __AVX512F__
-    const __m512i m0 = _mm512_set1_epi32((int)0xD2511F53u), m1 = _mm512_set1_epi32((int)0xCD9E8D57u);
+    const __m512i m0 = _mm512_set1_epi32((int)PHILOX_M0), m1 = _mm512_set1_epi32((int)PHILOX_M1);
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int j = 0; j < CHUNK; j += 16) {
         __m512i x0 = _mm512_add_epi32(_mm512_set1_epi32((int)(g0 + (uint32_t)j)), lanes);
@@ -88,8 +94,8 @@ static inline void philox_chunk(int64_t c, uint32_t stream, uint64_t seed, uint3
             x2 = _mm512_xor_si512(_mm512_xor_si512(hi0, x3), _mm512_set1_epi32((int)b));
             x1 = lo1;
             x3 = lo0;
-            a += 0x9E3779B9u;
-            b += 0xBB67AE85u;
+            a += PHILOX_W0;
+            b += PHILOX_W1;
         }
         _mm512_storeu_si512(words + j, x0);
         _mm512_storeu_si512(words + CHUNK + j, x1);
