@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from daelab.classifier import ClassifierSettings, keras_validation_split, train_classifiers
+from daelab.probe._classifier import ClassifierSettings, keras_validation_split, train_classifiers
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Where the sigma -> parameter constants in daelab.baselines come from (run by hand, ~1 min).
+"""Where the sigma -> parameter constants in daelab.evaluate._baselines come from (run by hand, ~1 min).
 
 Grid-searches each classical denoiser's scale constant on 300 Fashion-MNIST *training* images
 with Gaussian noise of std 0.05 and 0.15 (true sigma given) and prints the mean PSNR per constant.
@@ -10,7 +10,7 @@ from scipy import ndimage
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 
 from daelab.data import load_dataset
-from daelab.metrics import psnr_from_mse
+from daelab.evaluate._metrics import psnr_from_mse
 
 
 def mean_psnr(clean, denoised):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from daelab.baselines import DENOISERS, Denoiser, resolve_denoisers
 from daelab.cli import main
 from daelab.errors import ConfigError
 from daelab.evaluate import EvalConfig, draw_noisy, evaluate_run, noise_seed, run_dae
-from daelab.metrics import PSNR_CAP_DB, image_metrics, psnr_from_mse, ssim_per_image
+from daelab.evaluate._baselines import DENOISERS, Denoiser, resolve_denoisers
+from daelab.evaluate._metrics import PSNR_CAP_DB, image_metrics, psnr_from_mse, ssim_per_image
 from daelab.noise import parse_noise
 from daelab.stats import mean_ci
 
@@ -226,7 +226,7 @@ def test_worker_processes_give_the_same_numbers(tiny_run, tiny_dataset):
 def test_a_broken_pool_falls_back_to_this_process(monkeypatch, caplog):
     from concurrent.futures.process import BrokenProcessPool
 
-    import daelab.baselines as baselines
+    import daelab.evaluate._baselines as baselines
     import daelab.workers as workers
 
     class Broken:

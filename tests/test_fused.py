@@ -1,4 +1,4 @@
-"""The fused CPU training step (daelab.fused) against PyTorch's autograd and Adam, and its random numbers."""
+"""The fused CPU training step (daelab.kernels.fused) against PyTorch's autograd and Adam, and its random numbers."""
 import copy
 import ctypes
 import logging
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from daelab import fused
+from daelab.kernels import fused
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
 from daelab.train import TrainConfig, fit, make_optimizer, make_training_policy
@@ -261,7 +261,7 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path, caplog):
     monkeypatch.setattr(fused, "_LIB", False)
     monkeypatch.setenv("CC", "no-such-compiler-here")
     monkeypatch.setenv("DAELAB_CACHE", str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="daelab.fused"):
+    with caplog.at_level(logging.WARNING, logger="daelab.kernels.fused"):
         assert fused.load_kernels() is None
         assert fused.load_kernels() is None
     assert sum("fused CPU kernels unavailable" in r.message for r in caplog.records) == 1

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from daelab.classifier import (
+from daelab.cli import main
+from daelab.errors import ConfigError
+from daelab.probe import ProbeConfig, probe_run
+from daelab.probe._classifier import (
     ClassifierSettings,
     StackedClassifier,
     keras_validation_split,
@@ -15,10 +18,7 @@ from daelab.classifier import (
     seed_generator,
     train_classifiers,
 )
-from daelab.cli import main
-from daelab.errors import ConfigError
-from daelab.probe import ProbeConfig, probe_run
-from daelab.shallow import run_knn, run_linear
+from daelab.probe._shallow import run_knn, run_linear
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,7 @@ def test_feature_sets_trained_together_equal_each_alone():
 
 @pytest.mark.parametrize("batch_size", [32, 50])  # 50: a partial last batch (349 = 6 * 50 + 49)
 def test_fused_steps_equal_autograd(batch_size):
-    from daelab.fused import load_kernels
+    from daelab.kernels.fused import load_kernels
     if load_kernels() is None:
         pytest.skip("no C compiler for the fused kernels")
     features, labels = _blobs(n=449, dim=20)
@@ -128,8 +128,8 @@ def test_more_classes_than_the_c_tail_holds_train_like_autograd():
 
 
 def test_epoch_masks_rate_and_scale_with_and_without_kernels():
-    from daelab.classifier import epoch_masks
-    from daelab.fused import load_kernels
+    from daelab.kernels.fused import load_kernels
+    from daelab.probe._classifier import epoch_masks
     for lib in {None, load_kernels()}:
         masks = epoch_masks([seed_generator(7, 1), seed_generator(8, 1)], torch.empty(2, 5000, 96), lib)
         assert masks.unique().tolist() == [0.0, pytest.approx(1 / 0.6)]

@@ -10,11 +10,11 @@ import subprocess
 
 import pytest
 
+from daelab import study
 from daelab.report import (
     BEATEN,
     MATCHED,
     NOT_MATCHED,
-    STUDY_R_LOSS,
     UNDETERMINED,
     judge,
     judge_sentence,
@@ -60,7 +60,7 @@ def test_study_comparisons_use_the_study_means_and_our_levels():
     rows = study_comparisons({"levels": [level]}, None)
     by_what = {r["what"]: r for r in rows}
     row = by_what["mean R_loss at uniform P = 0.2"]
-    assert row["study"] == pytest.approx(sum(STUDY_R_LOSS[0.2]) / 10)
+    assert row["study"] == pytest.approx(sum(study.R_LOSS[0.2]) / 10)
     assert row["verdict"] == BEATEN  # our 0.001 is far below the study's ~0.013
     assert by_what["mean R_loss at uniform P = 0.1"]["verdict"] == "not run"
     assert by_what["printed test accuracy on codes"]["verdict"] == "not run"

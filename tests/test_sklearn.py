@@ -12,7 +12,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import make_synthetic
-from daelab.sklearn import DenoisingAutoencoder
+from daelab.estimator import DenoisingAutoencoder
 
 
 def small(**kwargs) -> DenoisingAutoencoder:
@@ -91,3 +91,9 @@ def test_grid_search_over_code_dim(data):
     search.fit(X, y)
     assert search.best_params_["code_dim"] in (2, 8)
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_the_old_import_path_still_gives_the_estimator():
+    from daelab.estimator import DenoisingAutoencoder as current
+    from daelab.sklearn import DenoisingAutoencoder as compatible
+    assert compatible is current

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from daelab.fused import FusedAdam, draw_key, keep_threshold, load_kernels, ptr
+from daelab.kernels.fused import FusedAdam, draw_key, keep_threshold, load_kernels, ptr
 
 HIDDEN = (64, 32)
 DROPOUT = 0.4
@@ -151,7 +151,7 @@ TAIL_MAX_HIDDEN, TAIL_MAX_CLASSES = 256, 16
 
 
 class FusedSteps:
-    """Training steps of a :class:`StackedClassifier` with a hand-written backward (``daelab.fused``).
+    """Training steps of a :class:`StackedClassifier` with a hand-written backward (``daelab.kernels.fused``).
 
     Autograd and the optimizer's bookkeeping cost more than this model's arithmetic: ~60 small ops
     per step, most on (S, 128, 32) arrays. Here the two large matrix products per direction stay in

@@ -26,18 +26,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from daelab.baselines import (
+from daelab import study
+from daelab.config import to_jsonable
+from daelab.data import Dataset, load_dataset, to_tensor
+from daelab.errors import ConfigError
+from daelab.evaluate._baselines import (
     ESTIMATED,
     ORACLE,
     estimate_sigmas,
     resolve_denoisers,
     score_denoiser,
 )
-from daelab.baselines import warm_up as baselines_warm_up
-from daelab.config import to_jsonable
-from daelab.data import Dataset, load_dataset, to_tensor
-from daelab.errors import ConfigError
-from daelab.metrics import PSNR_CAP_DB, image_metrics, mse_per_image, psnr_from_mse
+from daelab.evaluate._baselines import warm_up as baselines_warm_up
+from daelab.evaluate._metrics import PSNR_CAP_DB, image_metrics, mse_per_image, psnr_from_mse
 from daelab.noise import NoiseModel, parse_noise_list
 from daelab.runs import checkpoint_path, load_model, write_json
 from daelab.stats import mean_ci
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 EVAL_FILE = "evaluation.json"
 EVAL_MARKDOWN = "evaluation.md"
-STUDY_LEVELS = "uniform:0.05,0.1,0.2,0.3,0.4"
+STUDY_LEVELS = study.UNIFORM_LEVELS
 ROBUSTNESS = "gaussian:0.05,0.1,0.2,0.3;uniform:0.1,0.2,0.3,0.4;salt_pepper:0.05,0.1,0.2,0.3;masking:0.1,0.25,0.5,0.75"
 
 
@@ -241,7 +242,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
     -------
     The dict written to ``RUN_DIR/evaluation.json``.
     """
-    from daelab import figures_denoise
+    from daelab.evaluate import _figures as figures_denoise
     from daelab.train import resolve_device
     config = config or EvalConfig()
     run_dir = Path(run_dir)

@@ -12,7 +12,7 @@ random numbers that do not depend on the thread count.
 The C source is compiled on first use with the system C compiler into the user cache
 (``$DAELAB_CACHE`` or ``~/.cache/daelab``) and loaded with ctypes: no build step at install time and
 no PyTorch headers, so it compiles in about a second. Where there is no compiler,
-:func:`load_kernels` returns None and training uses PyTorch's ops (``daelab.precision``).
+:func:`load_kernels` returns None and training uses PyTorch's ops (``daelab.train._precision``).
 
 Semantics are those of the PyTorch path: same model, same Adam state (``torch.optim.Adam``'s
 ``step``/``exp_avg``/``exp_avg_sq``, so checkpoints move freely between the two paths), BatchNorm
@@ -197,7 +197,7 @@ def _adam_ok(optimizer: torch.optim.Optimizer, model: nn.Module) -> bool:
 
 
 class FusedMLP:
-    """A training policy (see :mod:`daelab.precision`) that runs whole steps itself: :meth:`step`.
+    """A training policy (see :mod:`daelab.train._precision`) that runs whole steps itself: :meth:`step`.
 
     ``model`` keeps the fp32 master weights and BatchNorm statistics; ``optimizer`` (a plain
     ``torch.optim.Adam`` over all of them) keeps the Adam state, which this class updates in place.

@@ -4,7 +4,7 @@ The study answered with one run each (codes 0.8752 vs pixels 0.8764 test accurac
 "0.89 vs 0.87"). ``probe_run`` answers with statistics: it extracts feature sets from a run's
 encoder and from the images (``codes``, ``codes_noisy``, ``raw``, and ``pca`` -- the classical
 linear code of the same width), trains probes on each (``mlp``: the study's classifier, over
-``n`` seeds, all seeds of a feature set trained at once by :mod:`daelab.classifier`; ``linear``:
+``n`` seeds, all seeds of a feature set trained at once by :mod:`daelab.probe._classifier`; ``linear``:
 standardised multinomial logistic regression; ``knn``: k nearest neighbours), and compares feature
 sets with paired differences and t-intervals (:mod:`daelab.stats`). Every probe trains on the
 same split -- Keras' ``validation_split``: the first 7/9 of the training images, the last 2/9
@@ -23,15 +23,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from daelab.classifier import ClassifierSettings, keras_validation_split, parameter_counts, train_classifiers
-from daelab.classifier import warm_up as classifier_warm_up
+from daelab import study
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError
 from daelab.noise import parse_noise
+from daelab.probe._classifier import ClassifierSettings, keras_validation_split, parameter_counts, train_classifiers
+from daelab.probe._classifier import warm_up as classifier_warm_up
+from daelab.probe._shallow import run_shallow
+from daelab.probe._shallow import warm_up as shallow_warm_up
 from daelab.runs import load_model, write_json
-from daelab.shallow import run_shallow
-from daelab.shallow import warm_up as shallow_warm_up
 from daelab.stats import mean_ci, paired_difference, verdict
 from daelab.workers import WorkerPool, available_cores, report
 
@@ -52,14 +53,6 @@ PROBES = {
 COMPARISONS = (("codes", "raw"), ("codes", "pca"), ("pca", "raw"), ("codes_noisy", "codes"))
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                "Ankle boot")
-STUDY = {
-    "codes_accuracy": 0.8752, "raw_accuracy": 0.8764,
-    "codes_claimed": 0.89, "raw_claimed": 0.87,
-    "codes_val_accuracy": 0.8841, "raw_val_accuracy": 0.8791,
-    "note": "one run each; the printed test accuracies are 0.8752 (codes) and 0.8764 (raw), but the text "
-            "formats a rounded value and claims 0.89 vs 0.87. Its EarlyStopping callback was defined but not "
-            "passed to fit (callbacks=[cb4]), so it trained the full 100 epochs.",
-}
 JSON_FILE, MARKDOWN_FILE = "probe.json", "probe.md"
 CONFUSION_FIGURE, ACCURACY_FIGURE = "figures/confusion.png", "figures/probe_accuracy.png"
 
@@ -257,7 +250,7 @@ def _mlp_outcomes(names: list[str], result: dict, features: dict, labels: dict, 
 
 
 def _shallow_args(probe: str, feature: dict, labels: dict, cut: int, config: ProbeConfig, threads: int) -> tuple:
-    """The arguments of :func:`daelab.shallow.run_shallow` for ``probe`` on one feature set."""
+    """The arguments of :func:`daelab.probe._shallow.run_shallow` for ``probe`` on one feature set."""
     return (probe, feature["train"][:cut].numpy(), labels["train"][:cut].numpy(), feature["test"].numpy(),
             config.linear_c, config.linear_max_iter, config.knn_k, threads)
 
@@ -333,7 +326,7 @@ def probe_run(run_dir: str | os.PathLike, config: ProbeConfig | None = None, dat
 
 
 def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, progress: bool) -> dict:
-    from daelab.figures_probe import plot_confusion, plot_probe_accuracy
+    from daelab.probe._figures import plot_confusion, plot_probe_accuracy
     began = time.perf_counter()
     model, checkpoint = load_model(run_dir, config.checkpoint)
     if dataset is None:
@@ -417,7 +410,7 @@ def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, prog
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     title = f"{best['probe']} on {best['feature']} (seed {best['seeds'][0]})"
     plot_confusion(confusion, class_names, run_dir / CONFUSION_FIGURE, title)
-    plot_probe_accuracy(results, run_dir / ACCURACY_FIGURE, config.level, STUDY)
+    plot_probe_accuracy(results, run_dir / ACCURACY_FIGURE, config.level, study.probe_summary())
 
     report = {
         "version": 1,
@@ -437,7 +430,7 @@ def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, prog
         "results": results,
         "comparisons": comparisons,
         "headline": headline,
-        "study": STUDY,
+        "study": study.probe_summary(),
         "best": {"feature": best["feature"], "probe": best["probe"], "mean": best["mean"]},
         "confusion": {"feature": best["feature"], "probe": best["probe"], "seed": best["seeds"][0],
                       "class_names": class_names, "matrix": confusion.tolist(),

@@ -16,21 +16,12 @@ import math
 import os
 from pathlib import Path
 
-from daelab.report_render import Block, to_html, to_markdown
+from daelab import study
+from daelab.report._render import Block, to_html, to_markdown
 from daelab.runs import read_metrics
 
 HTML_FILE, MARKDOWN_FILE = "report.html", "report.md"
 
-# The study's printed numbers (seed document: Keras summary, per-image R_loss rows, test accuracies).
-STUDY_PARAMS = {"total": 1_438_676, "trainable": 1_434_580, "non_trainable": 4_096}
-STUDY_R_LOSS = {
-    0.1: [0.0072, 0.0034, 0.0107, 0.0101, 0.0104, 0.0053, 0.0062, 0.0072, 0.0103, 0.0123],
-    0.2: [0.0142, 0.0059, 0.0138, 0.0207, 0.0144, 0.0074, 0.0108, 0.0112, 0.0156, 0.0134],
-    0.3: [0.0151, 0.0136, 0.0161, 0.0306, 0.0304, 0.0118, 0.0133, 0.0225, 0.0241, 0.0224],
-}
-STUDY_ACCURACY = {"codes": 0.8752, "raw": 0.8764}
-STUDY_CLAIMED = {"codes": 0.89, "raw": 0.87}
-STUDY_EPOCHS = 100
 
 MATCHED, BEATEN, NOT_MATCHED, UNDETERMINED = "matched", "beaten", "not matched", "undetermined"
 RULE = ("**Rule:** a study number is **matched** when it lies inside our 95% interval, **beaten** when our "
@@ -134,9 +125,9 @@ def _model_section(config: dict | None) -> list[Block]:
     rows, totals = summary_rows(model)
     table = [[f"{name} ({kind})", str((None, *shape)), f"{params:,}"] for name, kind, shape, params in rows]
     layers = Block("table", header=["layer (type)", "output shape", "parameters"], rows=table, align="llr")
-    same = all(totals[key] == STUDY_PARAMS[key] for key in STUDY_PARAMS)
+    same = all(totals[key] == study.PARAMS[key] for key in study.PARAMS)
     totals_table = Block("table", header=["parameters", "ours", "the study"], align="lrr", rows=[
-        [label, f"{totals[key]:,}", f"{STUDY_PARAMS[key]:,}"]
+        [label, f"{totals[key]:,}", f"{study.PARAMS[key]:,}"]
         for key, label in (("total", "total"), ("trainable", "trainable"), ("non_trainable", "non-trainable"))])
     side = [Block("p", f"The `{config['model']['name']}` denoising autoencoder (code width "
                        f"{config['model'].get('code_dim', '?')}), parameters counted as Keras counts them: "
@@ -155,7 +146,7 @@ def _training_section(run_dir: Path, config: dict | None, metrics: list[dict]) -
     epoch_seconds = [r["epoch_seconds"] for r in metrics if r.get("epoch_seconds")]
     mean_epoch = sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None
     images = f"the first {train['subset']:,}" if train.get("subset") else "all"
-    blocks.append(Block("p", f"{len(metrics)} of {train.get('epochs', '?')} epochs (the study: {STUDY_EPOCHS}), "
+    blocks.append(Block("p", f"{len(metrics)} of {train.get('epochs', '?')} epochs (the study: {study.EPOCHS}), "
                              f"noise `{train.get('noise', '?')}`, batch {train.get('batch_size', '?')}, "
                              f"lr {train.get('lr', '?')}, {images} training images; validated on the noisy test "
                              "set as the study did."))
@@ -265,7 +256,7 @@ def study_comparisons(evaluation: dict | None, probe: dict | None) -> list[dict]
     """Each of the study's numbers beside ours: ``{what, study, ours, verdict, sentence}``."""
     from daelab.stats import mean_ci
     out = []
-    for p, losses in STUDY_R_LOSS.items():
+    for p, losses in study.R_LOSS.items():
         level = _find_level(evaluation, p)
         ours = level["full"]["methods"]["dae"]["mse"] if level else None
         study_mean = sum(losses) / len(losses)
@@ -276,7 +267,7 @@ def study_comparisons(evaluation: dict | None, probe: dict | None) -> list[dict]
                     "verdict": judge(study_mean, ours, False) if ours else "not run", "sentence": sentence})
     for feature, label in (("codes", "codes"), ("raw", "raw pixels")):
         ours = _probe_row(probe, feature)
-        for value, kind in ((STUDY_ACCURACY[feature], "printed"), (STUDY_CLAIMED[feature], "claimed")):
+        for value, kind in ((study.ACCURACY[feature], "printed"), (study.CLAIMED[feature], "claimed")):
             what = f"{kind} test accuracy on {label}"
             sentence = (judge_sentence(what, value, ours, higher_is_better=True, digits=4 if kind == "printed" else 2)
                         if ours else f"The study's {what} ({value}) has no counterpart: the probe was not run.")
@@ -291,7 +282,7 @@ def _study_section(evaluation: dict | None, probe: dict | None, comparisons: lis
                          "images, one noise draw) and one test accuracy per feature set (one run each). Ours are "
                          "means over the whole test set or over seeds with 95% intervals."), Block("p", RULE)]
     rows = [[p, *[f"{v:.4f}" for v in losses], f"{sum(losses) / len(losses):.4f}"]
-            for p, losses in STUDY_R_LOSS.items()]
+            for p, losses in study.R_LOSS.items()]
     blocks.append(Block("table", "The study's per-image R_loss (its printout).", rows=rows,
                         header=["P", *[f"img {i}" for i in range(1, 11)], "mean"]))
     blocks.append(Block("table", header=["quantity", "the study", "ours [95% interval]", "verdict"], align="lrrl",
@@ -299,9 +290,9 @@ def _study_section(evaluation: dict | None, probe: dict | None, comparisons: lis
                                _ci(c["ours"], 4) if c["ours"] else "not run", c["verdict"]] for c in comparisons]))
     blocks += [Block("p", c["sentence"]) for c in comparisons]
     note = ("**The study's conclusion is not backed by its own printout.** It concludes that the codes beat the "
-            f"raw pixels, {STUDY_CLAIMED['codes']} vs {STUDY_CLAIMED['raw']}, but the accuracies it printed are "
-            f"{STUDY_ACCURACY['codes']} (codes) and {STUDY_ACCURACY['raw']} (raw): the raw pixels were ahead, by "
-            f"{STUDY_ACCURACY['raw'] - STUDY_ACCURACY['codes']:.4f}, in a single run each, which cannot separate them.")
+            f"raw pixels, {study.CLAIMED['codes']} vs {study.CLAIMED['raw']}, but the accuracies it printed are "
+            f"{study.ACCURACY['codes']} (codes) and {study.ACCURACY['raw']} (raw): the raw pixels were ahead, by "
+            f"{study.ACCURACY['raw'] - study.ACCURACY['codes']:.4f}, in a single run each, which cannot separate them.")
     if probe and probe.get("headline"):
         h = probe["headline"]
         note += f" Over {_mlp_seeds(probe)} seeds our paired comparison ({h['a']} − {h['b']}) says: {h['verdict']}."
@@ -403,10 +394,10 @@ def _banner(config: dict | None, state: dict | None) -> list[Block]:
                                 f"{images} training images, subsampled baselines and a "
                                 "shortened probe. Its numbers show the pipeline works; they are not the study "
                                 "reproduced. Run `daelab reproduce` for that.")]
-    if config and (train.get("epochs") != STUDY_EPOCHS or train.get("subset")):
+    if config and (train.get("epochs") != study.EPOCHS or train.get("subset")):
         subset = f", the first {train['subset']:,} training images" if train.get("subset") else ""
         return [Block("banner", f"**Not the study's settings:** {train.get('epochs')} epochs (the study: "
-                                f"{STUDY_EPOCHS}){subset}. Read the numbers as a check of the pipeline.")]
+                                f"{study.EPOCHS}){subset}. Read the numbers as a check of the pipeline.")]
     return []
 
 

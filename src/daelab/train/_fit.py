@@ -32,11 +32,11 @@ from daelab.checkpoint import BEST, LAST, load_checkpoint, save_checkpoints
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
-from daelab.fused import make_fused
+from daelab.kernels.fused import make_fused
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
-from daelab.precision import make_policy
 from daelab.runs import CONFIG_FILE, RunLock, write_json, write_metrics
+from daelab.train._precision import make_policy
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,8 @@ def train_steps(policy, optimizer, clean: torch.Tensor, order: torch.Tensor, noi
 
     Each step index-selects its clean batch into a reused buffer, draws the noise in place into a
     second one, and takes one Adam step on the MSE through the precision ``policy`` (see
-    :mod:`daelab.precision`); ``forward`` is the module to call (the policy's, or its DDP wrapper).
-    A fused policy (:mod:`daelab.fused`) runs the whole step itself.
+    :mod:`daelab.train._precision`); ``forward`` is the module to call (the policy's, or its DDP wrapper).
+    A fused policy (:mod:`daelab.kernels.fused`) runs the whole step itself.
     Returns early (after finishing the current step) when ``stop_event`` is set.
     """
     forward = forward or policy.module
@@ -281,8 +281,8 @@ def make_training_policy(model: torch.nn.Module, optimizer: torch.optim.Optimize
     """How the training step runs: daelab's fused kernels where they apply, else a precision policy.
 
     Fused: bf16, ``--kernels auto``, one process, a CPU, an MLP of the study's shape and a C compiler
-    (see :func:`daelab.fused.make_fused`). Otherwise PyTorch's ops through
-    :func:`daelab.precision.make_policy`. Call after loading a checkpoint: the bf16 copies are taken then.
+    (see :func:`daelab.kernels.fused.make_fused`). Otherwise PyTorch's ops through
+    :func:`daelab.train._precision.make_policy`. Call after loading a checkpoint: the bf16 copies are taken then.
     """
     precision = resolve_precision(config.precision, device)
     if precision == "bf16" and config.kernels == "auto" and not distributed:

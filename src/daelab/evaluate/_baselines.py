@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from daelab.errors import ConfigError
-from daelab.metrics import image_metrics
+from daelab.evaluate._metrics import image_metrics
 
 ORACLE = "oracle"
 ESTIMATED = "estimated"
@@ -177,7 +177,7 @@ def score_denoiser(name: str, noisy: np.ndarray, clean: np.ndarray, sigmas: np.n
 
     Returns
     -------
-    (metrics, seconds, head) : :func:`daelab.metrics.image_metrics` of the output, the denoiser's
+    (metrics, seconds, head) : :func:`daelab.evaluate._metrics.image_metrics` of the output, the denoiser's
     CPU time (see :func:`run_denoiser`; scoring excluded), and its first ``keep`` output images
     (for the figures).
     """
