@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from daelab.seeds import epoch_order_seed
+
 
 @dataclass
 class DistContext:
@@ -92,7 +94,7 @@ def shard_size(n: int, ctx: DistContext) -> int:
 
 def epoch_order(n: int, seed: int, epoch: int, ctx: DistContext, device: torch.device) -> torch.Tensor:
     """This rank's sample indices for ``epoch``: a permutation from ``seed + epoch``, padded and dealt out by rank."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_order_seed(seed, epoch))
     order = torch.randperm(n, generator=generator)
     if ctx.enabled:
         total = shard_size(n, ctx) * ctx.world_size

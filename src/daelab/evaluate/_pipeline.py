@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +38,10 @@ from daelab.evaluate._baselines import (
 )
 from daelab.evaluate._baselines import warm_up as baselines_warm_up
 from daelab.evaluate._metrics import PSNR_CAP_DB, image_metrics, mse_per_image, psnr_from_mse
+from daelab.models import in_batches
 from daelab.noise import NoiseModel, parse_noise_list
 from daelab.runs import checkpoint_path, load_model, write_json
+from daelab.seeds import eval_noise_seed
 from daelab.stats import mean_ci
 from daelab.workers import WorkerPool, available_cores
 
@@ -111,7 +112,7 @@ def summarise(metrics: dict[str, np.ndarray], seconds: float | None = None, **ex
 # ------------------------------------------------------------------------------ noise and DAE
 def noise_seed(seed: int, noise: NoiseModel) -> int:
     """Seed of the one noise draw for ``noise``: depends on the spec, not on its position in a list."""
-    return (seed * 1_000_003 + zlib.crc32(noise.spec.encode())) % (2 ** 63)
+    return eval_noise_seed(seed, noise.spec)
 
 
 def draw_noisy(clean: torch.Tensor, noise: NoiseModel, seed: int) -> torch.Tensor:
@@ -130,11 +131,8 @@ def run_dae(model: torch.nn.Module, noisy: torch.Tensor, batch_size: int = 1000)
     n, height, width = noisy.shape
     device = next(model.parameters()).device
     shape = (-1, height * width) if model.input_layout == "flat" else (-1, 1, height, width)
-    denoised = np.empty((n, height, width), dtype=np.float32)
     start = time.perf_counter()
-    for lo in range(0, n, batch_size):
-        batch = noisy[lo:lo + batch_size].reshape(shape).to(device)
-        denoised[lo:lo + batch_size] = model(batch).float().reshape(-1, height, width).cpu().numpy()
+    denoised = in_batches(model, noisy.reshape(shape), batch_size, device).reshape(n, height, width).numpy()
     return denoised, time.perf_counter() - start
 
 

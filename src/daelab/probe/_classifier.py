@@ -23,26 +23,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from daelab.kernels.fused import FusedAdam, draw_key, keep_threshold, load_kernels, ptr
+from daelab.models import in_batches
+from daelab.seeds import CLASSIFIER_DATA, CLASSIFIER_INIT, classifier_generator
 
 HIDDEN = (64, 32)
 DROPOUT = 0.4
 BN_MOMENTUM = 0.01  # Keras momentum 0.99 = weight of the old running value; PyTorch counts the new one
 BN_EPS = 1e-3
 ADAM_EPS = 1e-7     # Keras' Adam default (PyTorch's is 1e-8)
-STREAM_INIT, STREAM_DATA = 0, 1
-
-
-def seed_generator(seed: int, stream: int) -> torch.Generator:
-    """A CPU generator for one random stream of one seed (independent streams via ``SeedSequence``)."""
-    state = np.random.SeedSequence([int(seed), stream]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
+# The classifier's random streams (SeedSequence stream numbers; see daelab.seeds).
+STREAM_INIT, STREAM_DATA = CLASSIFIER_INIT, CLASSIFIER_DATA
+seed_generator = classifier_generator
 
 
 def keras_validation_split(n: int, fraction: float) -> int:
@@ -140,10 +137,10 @@ class StackedClassifier(nn.Module):
         """Predicted classes (S, N) of features (N, n_in), shared, or (S, N, n_in), per copy; eval mode."""
         was_training = self.training
         self.eval()
-        n = features.shape[-2]
-        parts = [self(features.narrow(-2, i, min(batch_size, n - i))).argmax(dim=-1) for i in range(0, n, batch_size)]
+        predicted = in_batches(lambda batch: self(batch).argmax(dim=-1), features, batch_size, dim=features.dim() - 2,
+                               out_dim=1)
         self.train(was_training)
-        return torch.cat(parts, dim=1)
+        return predicted
 
 
 # Sizes the C classifier tail (``classifier_tail`` in _fused.c) has room for; larger ones train with autograd.

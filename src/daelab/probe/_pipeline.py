@@ -27,12 +27,14 @@ from daelab import study
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
 from daelab.errors import ConfigError
+from daelab.models import in_batches
 from daelab.noise import parse_noise
 from daelab.probe._classifier import ClassifierSettings, keras_validation_split, parameter_counts, train_classifiers
 from daelab.probe._classifier import warm_up as classifier_warm_up
 from daelab.probe._shallow import run_shallow
 from daelab.probe._shallow import warm_up as shallow_warm_up
 from daelab.runs import load_model, write_json
+from daelab.seeds import CODES_NOISY
 from daelab.stats import mean_ci, paired_difference, verdict
 from daelab.workers import WorkerPool, available_cores, report
 
@@ -133,8 +135,7 @@ def encode_images(model: torch.nn.Module, images: np.ndarray, batch_size: int = 
     model.eval()
     device = next(model.parameters()).device
     tensor = to_tensor(images, model.input_layout)
-    parts = [model.encode(tensor[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(tensor), batch_size)]
-    return torch.cat(parts)
+    return in_batches(model.encode, tensor, batch_size, device)
 
 
 @torch.inference_mode()
@@ -145,9 +146,8 @@ def encode_noisy(model: torch.nn.Module, images: np.ndarray, noise_spec: str, ge
     device = next(model.parameters()).device
     noise = parse_noise(noise_spec)
     tensor = to_tensor(images, model.input_layout)
-    parts = [model.encode(noise(tensor[i:i + batch_size], generator).to(device)).float().cpu()
-             for i in range(0, len(tensor), batch_size)]
-    return torch.cat(parts)
+    # the noise is drawn on the CPU, batch after batch, so the draw does not depend on the device
+    return in_batches(lambda batch: model.encode(noise(batch, generator).to(device)), tensor, batch_size)
 
 
 def pca_features(train_pixels: np.ndarray, fit_rows: int, test_pixels: np.ndarray, dim: int, seed: int = 0):
@@ -171,7 +171,7 @@ def extract_features(model, checkpoint: dict, dataset: Dataset, names, fit_rows:
             train, test = encode_images(model, dataset.train_images), encode_images(model, dataset.test_images)
         elif name == "codes_noisy":
             spec = checkpoint["train_config"]["noise"]
-            generator = torch.Generator().manual_seed(seed + 20011)
+            generator = CODES_NOISY.generator(seed)
             train = encode_noisy(model, dataset.train_images, spec, generator)
             test = encode_noisy(model, dataset.test_images, spec, generator)
             info["noise"] = spec

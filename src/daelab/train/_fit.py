@@ -36,6 +36,7 @@ from daelab.kernels.fused import make_fused
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
 from daelab.runs import CONFIG_FILE, RunLock, write_json, write_metrics
+from daelab.seeds import MODEL_INIT, TRAIN_NOISE, VALIDATION_NOISE
 from daelab.train._precision import make_policy
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class TrainData:
 
 
 def prepare_data(config: TrainConfig, layout: str, device: torch.device, dataset: Dataset | None = None) -> TrainData:
-    """Load, subset and split the data, and draw the fixed validation noise (seeded ``seed + 10007``)."""
+    """Load, subset and split the data, and draw the fixed validation noise (stream ``VALIDATION_NOISE``)."""
     dataset = dataset if dataset is not None else load_dataset(config.data_dir)
     train = to_tensor(dataset.train_images[: config.subset], layout)
     if config.val_split > 0:
@@ -154,7 +155,7 @@ def prepare_data(config: TrainConfig, layout: str, device: torch.device, dataset
     val_clean = val_clean[: config.val_subset]
     check_finite(train, "training images")
     check_finite(val_clean, "validation images")
-    generator = torch.Generator().manual_seed(config.seed + 10007)
+    generator = VALIDATION_NOISE.generator(config.seed)
     val_noisy = parse_noise(config.noise)(val_clean, generator)
     return TrainData(train.to(device), val_clean.to(device), val_noisy.to(device))
 
@@ -332,11 +333,11 @@ def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, res
     lock = RunLock(run_dir) if ctx.is_main else contextlib.nullcontext()
     with lock, StopSignals() as stop_event:
         state = load_checkpoint(run_dir / LAST, expect_model=model_config.name) if resume else None
-        torch.manual_seed(config.seed)
+        torch.manual_seed(MODEL_INIT.seed(config.seed))
         model = build_model(model_config).to(device)
         data = prepare_data(config, model.input_layout, device, dataset)
         optimizer = make_optimizer(model, config)
-        generator = torch.Generator(device=device).manual_seed(config.seed + ctx.rank)
+        generator = TRAIN_NOISE.generator(config.seed, ctx.rank, device)
         history: list[dict] = []
         epoch, epoch_step, epoch_acc = 0, 0, [0.0, 0, 0.0]
         best = math.inf

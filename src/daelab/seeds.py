@@ -1,0 +1,79 @@
+"""Named random streams: which draw uses which seed, in one table.
+
+Every random draw in daelab comes from a generator seeded from the user's one ``seed`` (``daelab
+train --seed``, ``EvalConfig.seed``, ``ProbeConfig.seed``, ``DenoisingAutoencoder(random_state=)``)
+through one of the streams below, so that draws never share a seed by accident and a reader can see
+what each seed drives. The offsets are the ones the study's runs have always used: changing one
+changes the numbers a run produces.
+
+=====================  =======================================  ==========================================
+stream                 seed                                     drives
+=====================  =======================================  ==========================================
+``MODEL_INIT``         ``seed``                                 the DAE's initial weights (global torch RNG)
+``TRAIN_NOISE``        ``seed + rank``                          training noise and the fused dropout masks
+``EPOCH_ORDER``        ``seed * 1_000_003 + epoch``             each epoch's sample order (all ranks alike)
+``VALIDATION_NOISE``   ``seed + 10007``                         the one fixed noise draw of the validation set
+``EVAL_NOISE``         ``(seed * 1_000_003 + crc32(spec)) % 2**63``  the evaluation's noise, per noise spec
+``CODES_NOISY``        ``seed + 20011``                         the probe's noisy-codes feature
+``CLASSIFIER_INIT``    ``SeedSequence([seed, 0])``              a probe classifier's initial weights
+``CLASSIFIER_DATA``    ``SeedSequence([seed, 1])``              a probe classifier's batch order and dropout
+=====================  =======================================  ==========================================
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# A prime stride: seed * STRIDE + index stays apart from (seed + 1) * STRIDE for index < STRIDE.
+STRIDE = 1_000_003
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One named random stream: ``offset`` is added to the user's seed (plus an index such as the rank)."""
+
+    name: str
+    offset: int
+    drives: str
+
+    def seed(self, seed: int, index: int = 0) -> int:
+        """The integer seed of this stream for ``seed`` (and ``index``, e.g. the process rank)."""
+        return int(seed) + self.offset + int(index)
+
+    def generator(self, seed: int, index: int = 0, device: torch.device | str | None = None) -> torch.Generator:
+        """A fresh ``torch.Generator`` on ``device`` seeded for this stream."""
+        generator = torch.Generator(device=device) if device is not None else torch.Generator()
+        return generator.manual_seed(self.seed(seed, index))
+
+
+MODEL_INIT = Stream("model_init", 0, "the DAE's initial weights (torch.manual_seed)")
+TRAIN_NOISE = Stream("train_noise", 0, "training noise and the fused path's dropout masks; index = rank")
+VALIDATION_NOISE = Stream("validation_noise", 10007, "the fixed noise draw of the validation set")
+CODES_NOISY = Stream("codes_noisy", 20011, "the probe's noisy-codes feature")
+STREAMS = (MODEL_INIT, TRAIN_NOISE, VALIDATION_NOISE, CODES_NOISY)
+
+# SeedSequence stream numbers of a probe classifier seed.
+CLASSIFIER_INIT, CLASSIFIER_DATA = 0, 1
+
+
+def epoch_order_seed(seed: int, epoch: int) -> int:
+    """Seed of epoch ``epoch``'s sample permutation (the same on every rank)."""
+    return int(seed) * STRIDE + int(epoch)
+
+
+def eval_noise_seed(seed: int, spec: str) -> int:
+    """Seed of the evaluation's noise for one noise spec: each spec gets its own draw, stable across runs."""
+    return (int(seed) * STRIDE + zlib.crc32(spec.encode())) % (2 ** 63)
+
+
+def classifier_generator(seed: int, stream: int) -> torch.Generator:
+    """A CPU generator for one stream (:data:`CLASSIFIER_INIT` or :data:`CLASSIFIER_DATA`) of a classifier seed.
+
+    The streams of one seed are independent (``numpy.random.SeedSequence``), unlike ``seed + k`` offsets,
+    which overlap between neighbouring seeds.
+    """
+    state = np.random.SeedSequence([int(seed), int(stream)]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
