@@ -69,3 +69,21 @@ def test_bit_dropout_statistics_and_eval_identity():
     out = layer(x)
     out.sum().backward()
     assert torch.equal(x.grad, out.detach())  # gradient passes through kept units only, scaled
+
+
+def test_in_batches_equals_one_call_and_never_passes_more_than_a_batch():
+    from daelab.models import in_batches
+    seen = []
+    weights = torch.randn(7, 3)
+
+    def fn(batch):
+        seen.append(len(batch))
+        return batch @ weights
+
+    rows = torch.randn(23, 7, dtype=torch.float64)
+    out = in_batches(lambda b: fn(b.float()), rows, batch_size=5)
+    assert seen == [5, 5, 5, 5, 3]
+    torch.testing.assert_close(out, rows.float() @ weights)
+    stacked = torch.randn(2, 11, 7)  # (S, N, D) batched along N; outputs (S, N) batched along dim 1
+    predicted = in_batches(lambda b: (b @ weights).argmax(-1), stacked, batch_size=4, dim=1, out_dim=1)
+    assert torch.equal(predicted, (stacked @ weights).argmax(-1))

@@ -21,6 +21,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from daelab.checkpoint import atomic_write
 from daelab.errors import DataError, UsageError
+from daelab.models import in_batches
 from daelab.noise import parse_noise
 
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -220,8 +221,7 @@ def _denoise_array(model, array: np.ndarray, tile: int, overlap: int, batch_size
     if model.input_layout == "flat":  # a stack of small images: batch it rather than loop
         device = next(model.parameters()).device
         flat = torch.from_numpy(np.ascontiguousarray(array)).reshape(len(array), -1)
-        outputs = [model(flat[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(flat), batch_size)]
-        return torch.cat(outputs).reshape(array.shape).numpy()
+        return in_batches(model, flat, batch_size, device).reshape(array.shape).numpy()
     return np.stack([denoise_image(model, image, tile, overlap) for image in array])
 
 

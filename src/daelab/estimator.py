@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from daelab.errors import DaelabError
-from daelab.models import ModelConfig, build_model
+from daelab.models import ModelConfig, build_model, in_batches
 from daelab.noise import parse_noise
 from daelab.train import TrainConfig, make_optimizer, make_training_policy, resolve_device, train_steps, usable_samples
 
@@ -188,12 +188,9 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
 
     def _run(self, fn, array, dtype, batch_size=4096):
         device = next(self.model_.parameters()).device
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, len(array), batch_size):
-                batch = torch.tensor(array[start:start + batch_size], dtype=torch.float32, device=device)
-                outputs.append(fn(batch).float().cpu().numpy())
-        return np.concatenate(outputs).astype(dtype, copy=False)
+        rows = torch.from_numpy(np.ascontiguousarray(array))
+        out = in_batches(lambda batch: fn(batch.to(device, torch.float32)), rows, batch_size)
+        return out.numpy().astype(dtype, copy=False)
 
     # --------------------------------------------------------------------------------- pickle
     def __getstate__(self):

@@ -147,6 +147,46 @@ def _build_mlp(config: ModelConfig) -> nn.Module:
     return MLPDAE(config)
 
 
+@torch.inference_mode()
+def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int = 4096,
+               device: torch.device | str | None = None, dim: int = 0, out_dim: int | None = None) -> torch.Tensor:
+    """Apply ``fn`` to ``inputs`` one batch at a time and concatenate the results on the CPU.
+
+    The one batched inference loop of the package: every stage that runs a model over many images
+    (denoising, encoding, the classifier's predictions) goes through it, so memory stays bounded by
+    ``batch_size`` whatever the input's length.
+
+    Parameters
+    ----------
+    fn : callable
+        Maps a batch (on ``device``) to a tensor whose first dimension (or ``dim``) is the batch.
+    inputs : torch.Tensor
+        (N, ...) on any device; sliced along ``dim`` without copying.
+    batch_size : int
+        Rows per call of ``fn``.
+    device : torch.device, str or None
+        Where each batch is moved before ``fn`` sees it (None: where it is).
+    dim : int
+        The batch dimension of ``inputs``.
+    out_dim : int or None
+        The batch dimension of ``fn``'s output (None: ``dim``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``fn``'s outputs for all N rows, concatenated along ``out_dim``, as float32 (or the output's integer
+        dtype) on the CPU.
+    """
+    n = inputs.shape[dim]
+    out_dim = dim if out_dim is None else out_dim
+    parts = []
+    for start in range(0, n, batch_size):
+        batch = inputs.narrow(dim, start, min(batch_size, n - start))
+        out = fn(batch if device is None else batch.to(device))
+        parts.append((out.float() if out.is_floating_point() else out).cpu())
+    return torch.cat(parts, dim=out_dim) if parts else fn(inputs.narrow(dim, 0, 0)).cpu()
+
+
 def example_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
     """A zero batch in the model's input layout, for shape checks and summaries."""
     size = model.config.image_size
