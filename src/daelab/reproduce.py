@@ -39,8 +39,9 @@ def plan(quick: bool = False, data_dir: str | None = None) -> dict:
 
     Returns
     -------
-    dict with ``model`` (ModelConfig), ``train`` (TrainConfig), ``evaluate`` (EvalConfig) and
-    ``probe`` (a dict of ProbeConfig fields: the probe module is imported only when it runs).
+    dict
+        ``model`` (ModelConfig), ``train`` (TrainConfig), ``evaluate`` (EvalConfig) and ``probe``
+        (a dict of ProbeConfig fields: the probe module is imported only when it runs).
     """
     from daelab.evaluate import EvalConfig
     from daelab.models import ModelConfig
@@ -135,18 +136,25 @@ def reproduce(run_dir: str | os.PathLike = "runs/study", quick: bool = False, da
 
     Parameters
     ----------
-    run_dir : the run directory; created if needed. A directory holding a reproduction of the
-        other mode (quick vs full) is refused rather than mixed.
-    quick : the few-minute version (see ``QUICK_TRAIN``, ``QUICK_EVAL``, ``QUICK_PROBE``).
-    data_dir : Fashion-MNIST directory or .npz (default: the usual search).
-    progress : show progress bars.
-    dataset : images to use instead of loading them (tests pass a synthetic set).
+    run_dir : str or path-like
+        The run directory; created if needed. A directory holding a reproduction of the other
+        mode (quick vs full) is refused rather than mixed.
+    quick : bool
+        The few-minute version (see ``QUICK_TRAIN``, ``QUICK_EVAL``, ``QUICK_PROBE``).
+    data_dir : str or None
+        Fashion-MNIST directory or .npz (default: the usual search).
+    progress : bool
+        Show progress bars.
+    dataset : Dataset or None
+        Images to use instead of loading them (tests pass a synthetic set).
 
     Returns
     -------
-    The content of ``RUN_DIR/reproduce.json``: ``mode``, ``environment`` and ``stages``, a dict
-    from stage name (``train``, ``evaluate``, ``probe``, ``report``) to ``{status, seconds,
-    finished, settings, ...}``; ``status`` is ``done`` or ``skipped`` (with a ``reason``).
+    dict
+        The content of ``RUN_DIR/reproduce.json``: ``mode``, ``environment`` and ``stages``, a
+        dict from stage name (``train``, ``evaluate``, ``probe``, ``report``) to ``{status,
+        seconds, finished, settings, ...}``; ``status`` is ``done`` or ``skipped`` (with a
+        ``reason``).
     """
     run_dir = Path(run_dir)
     mode = "quick" if quick else "full"

@@ -22,14 +22,17 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> dict:
 
     Parameters
     ----------
-    values : (n,) numbers, n >= 1 (one per seed, say).
-    level : coverage of the interval, in (0, 1).
+    values : sequence of float
+        (n,) numbers, n >= 1 (one per seed, say).
+    level : float
+        Coverage of the interval, in (0, 1).
 
     Returns
     -------
-    dict with ``mean``, ``std`` (ddof=1), ``lo``, ``hi`` (the interval ``mean -+ t * std / sqrt(n)``
-    with ``t`` the ``(1 + level) / 2`` quantile of Student's t with n - 1 degrees of freedom) and
-    ``n``. With n = 1 there is no spread to measure: ``std`` is 0 and ``lo = hi = mean``.
+    dict
+        ``mean``, ``std`` (ddof=1), ``lo``, ``hi`` (the interval ``mean -+ t * std / sqrt(n)`` with
+        ``t`` the ``(1 + level) / 2`` quantile of Student's t with n - 1 degrees of freedom) and
+        ``n``. With n = 1 there is no spread to measure: ``std`` is 0 and ``lo = hi = mean``.
     """
     array = np.asarray(values, dtype=np.float64).reshape(-1)
     if array.size == 0:
@@ -52,13 +55,16 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.9
 
     Parameters
     ----------
-    a, b : (n,) paired results (``a[i]`` and ``b[i]`` from the same seed, or the same test image).
-    level : coverage of the interval.
+    a, b : sequence of float
+        (n,) paired results (``a[i]`` and ``b[i]`` from the same seed, or the same test image).
+    level : float
+        Coverage of the interval.
 
     Returns
     -------
-    dict: ``mean_ci`` keys of the differences, plus ``differences`` (the list ``a - b``) and
-    ``level``.
+    dict
+        The :func:`mean_ci` keys of the differences, plus ``differences`` (the list ``a - b``) and
+        ``level``.
     """
     a_arr = np.asarray(a, dtype=np.float64).reshape(-1)
     b_arr = np.asarray(b, dtype=np.float64).reshape(-1)
@@ -77,8 +83,10 @@ def verdict(difference: dict, a: str = "codes", b: str = "raw") -> str:
 
     Parameters
     ----------
-    difference : a dict with ``lo``, ``hi`` and ``n`` (from :func:`paired_difference`), of ``a - b``.
-    a, b : names of the two things compared.
+    difference : dict
+        ``lo``, ``hi`` and ``n`` of ``a - b`` (from :func:`paired_difference`).
+    a, b : str
+        Names of the two things compared.
     """
     if difference["n"] < 2:
         return "undetermined (a single pair)"
