@@ -1,6 +1,7 @@
 # daelab: every target does its own set-up on a fresh machine (idempotent).
 #   make reproduce   the whole study into runs/study (the main job)
 #   make test        the test suite
+#   make docs        the documentation site into site/
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ DAELAB := $(VENV)/bin/daelab
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 TORCH ?= torch==2.13.0
 
-.PHONY: setup data browser test reproduce quick train benchmark benchmark-study lint clean
+.PHONY: setup data browser test reproduce quick train benchmark benchmark-study lint docs clean
 
 setup: $(VENV)/.installed data
 
@@ -48,5 +49,14 @@ benchmark-study: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# the documentation site into site/ (mkdocs + mkdocs-material + mkdocstrings; --strict: a broken
+# link or a docstring that does not parse fails the build)
+docs: $(VENV)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+$(VENV)/.docs-installed: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[dev,docs]"
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache build site src/*.egg-info
