@@ -97,3 +97,45 @@ def test_the_old_import_path_still_gives_the_estimator():
     from daelab.estimator import DenoisingAutoencoder as current
     from daelab.sklearn import DenoisingAutoencoder as compatible
     assert compatible is current
+
+
+@pytest.mark.parametrize("shape", [
+    dict(hidden=(16,), code_dim=4, decoder_hidden=(16,)),  # PyTorch's training step
+    {},  # the study's DAE: daelab's fused CPU kernels where they load (bf16 CPUs)
+], ids=["small", "study"])
+def test_random_state_trains_what_daelab_train_seed_trains(tmp_path, shape):
+    """``random_state=s`` draws from daelab's named streams as ``fit(..., TrainConfig(seed=s))`` does."""
+    import torch
+
+    from daelab.models import ModelConfig
+    from daelab.train import TrainConfig, fit
+    dataset = make_synthetic(n_train=300, n_test=40, seed=2)
+    settings = dict(epochs=2, batch_size=32, lr=1e-3, noise="gaussian:0.1")
+    trained = fit(ModelConfig(**shape), TrainConfig(seed=5, device="cpu", **settings), tmp_path / "run",
+                  dataset=dataset, progress=False)["model"]
+    # uint8 / 255 in float64 rounds to the float32 values daelab.data.to_tensor computes (all 256 of them)
+    X = dataset.train_images.reshape(300, -1) / 255.0
+    dae = DenoisingAutoencoder(**shape, **settings, rescale=False, random_state=5).fit(X)
+    expected, got = trained.state_dict(), dae.model_.state_dict()
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+    other = DenoisingAutoencoder(**shape, **settings, rescale=False, random_state=6).fit(X).model_.state_dict()
+    assert not torch.equal(other["encoder.0.weight"], expected["encoder.0.weight"])  # the seed matters
+
+
+def test_random_state_instances_and_none_follow_sklearn(data):
+    X = data[0][:100]
+    first = small(random_state=np.random.RandomState(3)).fit(X).transform(X)
+    again = small(random_state=np.random.RandomState(3)).fit(X).transform(X)
+    np.testing.assert_array_equal(first, again)  # the same RandomState state: the same draw, the same model
+    state = np.random.RandomState(3)
+    small(random_state=state).fit(X)
+    second = small(random_state=state).fit(X).transform(X)  # the instance moved on: another seed
+    assert not np.array_equal(first, second)
+    np.random.seed(11)  # None: NumPy's global RandomState, as scikit-learn's estimators use it
+    unseeded = small(random_state=None).fit(X).transform(X)
+    np.random.seed(11)
+    np.testing.assert_array_equal(unseeded, small(random_state=None).fit(X).transform(X))
+    with pytest.raises(ValueError):
+        small(random_state=-1).fit(X)

@@ -17,15 +17,19 @@ outside [0, 1] is a ``ValueError``.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+from daelab.distributed import DistContext, epoch_order
 from daelab.errors import DaelabError
 from daelab.models import ModelConfig, build_model, in_batches
 from daelab.noise import parse_noise
+from daelab.seeds import MODEL_INIT, TRAIN_NOISE
 from daelab.train import TrainConfig, make_optimizer, make_training_policy, resolve_device, train_steps, usable_samples
 
 
@@ -52,9 +56,15 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
         Adam learning rate.
     rescale : bool, default=True
         Learn one global min-max map of X to [0, 1] (see the module notes); False requires X in [0, 1].
-    random_state : int or None, default=None
-        Seeds the weights, the sample order, the noise and dropout. The global torch RNG is left as
-        it was.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weights, the sample order, the noise and dropout. An int ``s`` is used as the
+        seed itself, through daelab's named streams (:mod:`daelab.seeds`), so the estimator trains
+        the same weights, bit for bit, as ``daelab train --seed s`` (:func:`daelab.train.fit` with
+        ``TrainConfig(seed=s)``) with the same architecture, epochs, batch size, learning rate,
+        noise and precision on the same training samples in the same order (``X`` as float32, or
+        float64 that rounds to the same float32 values, e.g. uint8 images ``/ 255``; with
+        ``rescale=False`` or data spanning [0, 1]). A RandomState instance or None (NumPy's global
+        RandomState) gives one integer seed drawn from it. The global torch RNG is left as it was.
     device : str, default="cpu"
         ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
     verbose : int, default=0
@@ -95,7 +105,20 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------------- fitting
     def fit(self, X, y=None):
-        """Train on X (n_samples, n_features); ``y`` is ignored. Returns ``self``."""
+        """Train the DAE on X.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data, in [0, 1] unless ``rescale``.
+        y : None
+            Ignored (scikit-learn's transformer signature).
+
+        Returns
+        -------
+        DenoisingAutoencoder
+            ``self``, fitted.
+        """
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=True)
         if len(X) < 2:
             raise ValueError(f"n_samples = {len(X)}: a DAE with BatchNorm needs at least 2 samples")
@@ -113,7 +136,7 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
             device = resolve_device(self.device)
         except DaelabError as exc:  # scikit-learn callers expect ValueError for bad parameters
             raise ValueError(str(exc)) from None
-        seed = int(np.random.RandomState(self.random_state).randint(2 ** 31 - 1))
+        seed = self._seed()
         noise = parse_noise(self.noise)
         # one dense row-major block (sklearn may pass F-ordered arrays): the training step gathers rows
         clean = torch.tensor(np.ascontiguousarray(clean), dtype=torch.float32, device=device)
@@ -124,14 +147,17 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
         self.loss_curve_ = []
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # the caller's global torch RNG stays as it was
-            torch.manual_seed(seed)
+            # The streams and the order of the draws are daelab.train.fit's: weights (and then dropout)
+            # from the global RNG seeded MODEL_INIT, the noise from TRAIN_NOISE (rank 0), each epoch's
+            # order from its own permutation -- so random_state=s trains what `daelab train --seed s` does.
+            torch.manual_seed(MODEL_INIT.seed(seed))
             model = build_model(model_config).to(device)
             optimizer = make_optimizer(model, train_config)
+            generator = TRAIN_NOISE.generator(seed, 0, device)
             policy = make_training_policy(model, optimizer, train_config, device)
-            generator = torch.Generator(device=device).manual_seed(seed + 1)
-            order_generator = torch.Generator().manual_seed(seed + 2)
+            single_process = DistContext()  # the estimator never trains under torchrun
             for epoch in range(train_config.epochs):
-                order = torch.randperm(n, generator=order_generator)[:n_used].to(device)
+                order = epoch_order(n, seed, epoch, single_process, device)[:n_used]
                 done = train_steps(policy, optimizer, clean, order, noise, generator, train_config, device, 0, steps)
                 loss = done.loss_sum / max(done.samples, 1)
                 if not math.isfinite(loss):
@@ -171,6 +197,14 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
         return -float(np.mean((self._run(self.model_, unit, np.float64) - unit) ** 2))
 
     # -------------------------------------------------------------------------------- helpers
+    def _seed(self) -> int:
+        """The integer seed of ``random_state``: an int as it is (``daelab train --seed``'s meaning), else one
+        draw from the RandomState (None: NumPy's global one), as scikit-learn's own estimators draw."""
+        random_state = check_random_state(self.random_state)  # also rejects ints no RandomState accepts
+        if isinstance(self.random_state, numbers.Integral):
+            return int(self.random_state)
+        return int(random_state.randint(2 ** 31 - 1))
+
     def _check_input(self, X):
         check_is_fitted(self)
         return validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
