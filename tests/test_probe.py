@@ -10,15 +10,9 @@ import torch
 from daelab.cli import main
 from daelab.errors import ConfigError
 from daelab.probe import ProbeConfig, probe_run
-from daelab.probe._classifier import (
-    ClassifierSettings,
-    StackedClassifier,
-    keras_validation_split,
-    parameter_counts,
-    seed_generator,
-    train_classifiers,
-)
+from daelab.probe._classifier import ClassifierSettings, keras_validation_split, seed_generator, train_classifiers
 from daelab.probe._shallow import run_knn, run_linear
+from daelab.probe._stacked import StackedClassifier, parameter_counts
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +123,7 @@ def test_more_classes_than_the_c_tail_holds_train_like_autograd():
 
 def test_epoch_masks_rate_and_scale_with_and_without_kernels():
     from daelab.kernels.fused import load_kernels
-    from daelab.probe._classifier import epoch_masks
+    from daelab.probe._classifier_step import epoch_masks
     for lib in {None, load_kernels()}:
         masks = epoch_masks([seed_generator(7, 1), seed_generator(8, 1)], torch.empty(2, 5000, 96), lib)
         assert masks.unique().tolist() == [0.0, pytest.approx(1 / 0.6)]
