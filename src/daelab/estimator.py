@@ -61,7 +61,8 @@ class DenoisingAutoencoder(TransformerMixin, BaseEstimator):
         seed itself, through daelab's named streams (:mod:`daelab.seeds`), so the estimator trains
         the same weights, bit for bit, as ``daelab train --seed s`` (:func:`daelab.train.fit` with
         ``TrainConfig(seed=s)``) with the same architecture, epochs, batch size, learning rate,
-        noise and precision on the same training samples in the same order (``X`` as float32, or
+        noise and device, at ``precision="auto"`` and ``kernels="auto"`` (``daelab train``'s
+        defaults), on the same training samples in the same order (``X`` as float32, or
         float64 that rounds to the same float32 values, e.g. uint8 images ``/ 255``; with
         ``rescale=False`` or data spanning [0, 1]). A RandomState instance or None (NumPy's global
         RandomState) gives one integer seed drawn from it. The global torch RNG is left as it was.
