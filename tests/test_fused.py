@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from daelab.kernels import fused
+from daelab.kernels import _loader, fused
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
 from daelab.train import TrainConfig, fit, make_optimizer, make_training_policy
@@ -141,8 +141,8 @@ def _gaussian(data, index, level, seed, stream=0):
     lib = fused.load_kernels()
     clean = torch.empty(len(index), data.shape[1])
     noisy = torch.empty(len(index), data.shape[1], dtype=torch.bfloat16)
-    lib.gather_gaussian(data.data_ptr(), index.data_ptr(), len(index), data.shape[1], level, seed, stream,
-                        clean.data_ptr(), noisy.data_ptr())
+    lib.gather_gaussian(fused.ptr(data), data.shape[0], fused.ptr(index), len(index), data.shape[1], level, seed,
+                        stream, fused.ptr(clean), fused.ptr(noisy))
     return clean, noisy
 
 
@@ -257,11 +257,35 @@ def test_unsupported_models_and_optimizers_fall_back():
     assert not getattr(policy, "fused", False)
 
 
+def test_fused_kernels_not_used_say_why_once(monkeypatch, caplog):
+    from daelab.kernels import _mlp
+    monkeypatch.setattr(_mlp, "_WARNED", set())  # a fresh process's memo: other tests gave these reasons already
+    cpu = torch.device("cpu")
+    conv, mlp, edited = build_model(ModelConfig(name="conv")), build_model(SMALL), build_model(SMALL)
+    edited.encoder[3] = torch.nn.ReLU()  # a model edited after it was built: no longer the fused shape
+    bf16 = TrainConfig(precision="bf16")  # --kernels auto
+    with caplog.at_level(logging.WARNING, logger="daelab.kernels._mlp"):
+        for _ in range(2):
+            assert fused.make_fused(conv, make_optimizer(conv, TrainConfig()), cpu) is None
+            assert fused.make_fused(mlp, torch.optim.SGD(mlp.parameters(), lr=0.1), cpu) is None
+            policy = make_training_policy(edited, make_optimizer(edited, bf16), bf16, cpu)
+            assert not getattr(policy, "fused", False)
+        assert fused.make_fused(mlp, torch.optim.SGD(mlp.parameters(), lr=0.1), torch.device("meta")) is None
+        # not asked for: fp32 training never tries the fused step, so says nothing about it
+        make_training_policy(conv, make_optimizer(conv, TrainConfig()), TrainConfig(precision="fp32"), cpu)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "daelab.kernels._mlp"]
+    assert len(warnings) == 3 and all(w.startswith("fused CPU kernels not used: ") for w in warnings)
+    assert "ConvDAE has no encoder/decoder nn.Sequential" in warnings[0]
+    assert "the optimizer is SGD, not torch.optim.Adam" in warnings[1]
+    assert "encoder.3 is ReLU after the BatchNorm1d at encoder.1" in warnings[2]
+    assert fused.make_fused(mlp, make_optimizer(mlp, TrainConfig()), cpu) is not None  # the plain case still fuses
+
+
 def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path, caplog):
-    monkeypatch.setattr(fused, "_LIB", False)
+    monkeypatch.setattr(_loader, "_LIB", False)  # load_kernels' once-per-process memo lives in _loader
     monkeypatch.setenv("CC", "no-such-compiler-here")
     monkeypatch.setenv("DAELAB_CACHE", str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="daelab.kernels.fused"):
+    with caplog.at_level(logging.WARNING, logger="daelab.kernels._loader"):
         assert fused.load_kernels() is None
         assert fused.load_kernels() is None
     assert sum("fused CPU kernels unavailable" in r.message for r in caplog.records) == 1

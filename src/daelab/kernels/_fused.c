@@ -1,4 +1,5 @@
-/* daelab's fused CPU kernels for the study MLP's bf16 training step (see daelab/fused.py).
+/* daelab's fused CPU kernels for the study MLP's bf16 training step (see daelab/kernels/_mlp.py)
+ * and the probe classifier's step (daelab/probe/_classifier.py); their interface is _fused.h.
  *
  * Each function is one pass (or two) over a batch-sized array that PyTorch would walk 4-10 times
  * with separate ops: BatchNorm + dropout + LeakyReLU forward and backward, sigmoid + MSE + their
@@ -10,14 +11,43 @@
  * element e depends only on (seed, e), so results do not depend on the thread count and a resumed
  * run draws exactly what an uninterrupted one would. Threads come from OpenMP; loaded after torch,
  * this library shares torch's libgomp (same soname) and so its thread pool.
+ *
+ * x86 intrinsics are guarded: elsewhere (or built without AVX-512) Philox runs as the portable scalar
+ * loop, which gives the same words, and Adam leaves the floating-point mode alone.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "_fused.h"
+
+#if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
-#ifdef __AVX512F__
+#define DAELAB_X86_CSR 1
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#define DAELAB_AVX512 1
 #endif
+#endif
+
+#ifndef DAELAB_HEADER_SHA256
+#define DAELAB_HEADER_SHA256 "unknown"
+#endif
+
+const char *daelab_header_sha256(void) { return DAELAB_HEADER_SHA256; }
+
+#ifdef DAELAB_DEBUG
+int daelab_debug_build(void) { return 1; }
+#else
+int daelab_debug_build(void) { return 0; }
+#endif
+
+/* Returns `status` from the kernel unless `ok`: the checks run before any work, so a refused call
+ * leaves every output as it was. */
+#define REQUIRE(ok, status) \
+    do { \
+        if (!(ok)) return (status); \
+    } while (0)
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -63,7 +93,7 @@ static inline float open_unit(uint32_t bits) { /* uniform on (0, 1): never 0, so
 
 #define CHUNK 64 /* Philox groups per vectorised chunk: 256 values */
 
-#ifdef __AVX512F__
+#ifdef DAELAB_AVX512
 /* High and low halves of the 32x32-bit products a * m, lane by lane: vpmuludq on the even and the
  * odd lanes. (Left to itself, GCC widens to 64-bit lanes and multiplies with vpmullq: the masks
  * and the noise took twice as long.) */
@@ -79,7 +109,7 @@ static inline void mul_hi_lo(__m512i a, __m512i m, __m512i *hi, __m512i *lo) {
  * so the callers' loops vectorise). Up to 2^34 values per (seed, stream). */
 static inline void philox_chunk(int64_t c, uint32_t stream, uint64_t seed, uint32_t words[4 * CHUNK]) {
     const uint32_t g0 = (uint32_t)(c * CHUNK), k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-#ifdef __AVX512F__
+#ifdef DAELAB_AVX512
     const __m512i m0 = _mm512_set1_epi32((int)PHILOX_M0), m1 = _mm512_set1_epi32((int)PHILOX_M1);
     const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int j = 0; j < CHUNK; j += 16) {
@@ -113,8 +143,13 @@ static inline void philox_chunk(int64_t c, uint32_t stream, uint64_t seed, uint3
 /* Gather rows `index` of `data` (n_rows, dim) into `clean` (batch, dim) and write
  * noisy = clip(clean + sigma * N(0, 1), 0, 1) as bf16. Normals by Box-Muller from pairs of words of
  * philox_chunk; `stream` separates draws that share a seed. */
-void gather_gaussian(const float *data, const int64_t *index, int64_t batch, int64_t dim, float sigma,
-                     uint64_t seed, uint32_t stream, float *clean, uint16_t *noisy) {
+int gather_gaussian(const float *data, int64_t n_rows, const int64_t *index, int64_t batch, int64_t dim, float sigma,
+                    uint64_t seed, uint32_t stream, float *clean, uint16_t *noisy) {
+    REQUIRE(n_rows >= 0 && batch >= 0 && dim >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(data && index && clean && noisy, DAELAB_NULL_ARRAY);
+#ifdef DAELAB_DEBUG
+    for (int64_t r = 0; r < batch; r++) REQUIRE(index[r] >= 0 && index[r] < n_rows, DAELAB_BAD_INDEX);
+#endif
     const int64_t n = batch * dim, chunks = (n + 4 * CHUNK - 1) / (4 * CHUNK);
     #pragma omp parallel
     {
@@ -145,12 +180,15 @@ void gather_gaussian(const float *data, const int64_t *index, int64_t batch, int
             }
         }
     }
+    return DAELAB_OK;
 }
 
 /* Dropout's keep mask: value e is kept with probability 1 - threshold / 2^32. Written as uint8 0/1
  * into `keep` when it is not NULL, else as 0 or `scale` floats into `scaled`. */
-void dropout_mask(uint64_t seed, uint32_t stream, int64_t n, uint32_t threshold, uint8_t *keep, float scale,
-                  float *scaled) {
+int dropout_mask(uint64_t seed, uint32_t stream, int64_t n, uint32_t threshold, uint8_t *keep, float scale,
+                 float *scaled) {
+    REQUIRE(n >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(keep || scaled, DAELAB_NULL_ARRAY);
     const int64_t chunks = (n + 4 * CHUNK - 1) / (4 * CHUNK);
     #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < chunks; c++) {
@@ -165,6 +203,7 @@ void dropout_mask(uint64_t seed, uint32_t stream, int64_t n, uint32_t threshold,
             for (int64_t k = 0; k < m; k++) scaled[e0 + k] = w[k] >= threshold ? scale : 0.0f;
         }
     }
+    return DAELAB_OK;
 }
 
 #define COLS 32 /* columns per work item: two AVX-512 vectors of fp32 */
@@ -178,10 +217,13 @@ static inline int64_t col_width(int64_t feat, int64_t c0) { return feat - c0 < C
  * z: (batch, feat) bf16 pre-activations (without the Linear bias, which BatchNorm cancels).
  * Writes act (bf16), mean and rstd per feature, and updates the running statistics the way
  * torch.nn.BatchNorm1d does (running_mean sees the bias; running_var is unbiased). */
-void bn_forward(const uint16_t *z, int64_t batch, int64_t feat, const float *bias, const float *gamma,
-                const float *beta, float eps, float momentum, float *running_mean, float *running_var,
-                const uint8_t *keep, float keep_scale, float slope, uint16_t *act, float *mean_out,
-                float *rstd_out) {
+int bn_forward(const uint16_t *z, int64_t batch, int64_t feat, const float *bias, const float *gamma,
+               const float *beta, float eps, float momentum, float *running_mean, float *running_var,
+               const uint8_t *keep, float keep_scale, float slope, uint16_t *act, float *mean_out,
+               float *rstd_out) {
+    REQUIRE(batch >= 1 && feat >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(z && bias && gamma && beta && running_mean && running_var && act && mean_out && rstd_out,
+            DAELAB_NULL_ARRAY);
     const int64_t blocks = col_blocks(feat);
     #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
@@ -220,6 +262,7 @@ void bn_forward(const uint16_t *z, int64_t batch, int64_t feat, const float *bia
             }
         }
     }
+    return DAELAB_OK;
 }
 
 /* d(BatchNorm output) of one value: d(act) back through LeakyReLU (its slope read off the sign of
@@ -232,9 +275,11 @@ static inline float bn_out_grad(uint16_t dact, uint16_t act, const uint8_t *keep
 
 /* Backward of bn_forward: from d(act) to d(z) (bf16, for the matrix products), d(gamma), d(beta).
  * Two passes over the batch (column sums, then d(z)) that recompute du and zhat rather than store them. */
-void bn_backward(const uint16_t *dact, const uint16_t *act, const uint16_t *z, int64_t batch, int64_t feat,
-                 const uint8_t *keep, float keep_scale, float slope, const float *gamma, const float *mean,
-                 const float *rstd, uint16_t *dz, float *dgamma, float *dbeta) {
+int bn_backward(const uint16_t *dact, const uint16_t *act, const uint16_t *z, int64_t batch, int64_t feat,
+                const uint8_t *keep, float keep_scale, float slope, const float *gamma, const float *mean,
+                const float *rstd, uint16_t *dz, float *dgamma, float *dbeta) {
+    REQUIRE(batch >= 1 && feat >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(dact && act && z && gamma && mean && rstd && dz && dgamma && dbeta, DAELAB_NULL_ARRAY);
     const int64_t blocks = col_blocks(feat);
     #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
@@ -267,12 +312,15 @@ void bn_backward(const uint16_t *dact, const uint16_t *act, const uint16_t *z, i
             }
         }
     }
+    return DAELAB_OK;
 }
 
-/* Output layer: y = sigmoid(z + bias); returns sum((y - clean)^2) and writes
+/* Output layer: y = sigmoid(z + bias); writes sum((y - clean)^2) into *total,
  * dz = grad_scale * 2 (y - clean) y (1 - y) as bf16 and dbias = column sums of dz (fp32). */
-double sigmoid_mse(const uint16_t *z, const float *bias, const float *clean, int64_t batch, int64_t feat,
-                   float grad_scale, uint16_t *dz, float *dbias) {
+int sigmoid_mse(const uint16_t *z, const float *bias, const float *clean, int64_t batch, int64_t feat,
+                float grad_scale, uint16_t *dz, float *dbias, double *total_out) {
+    REQUIRE(batch >= 0 && feat >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(z && bias && clean && dz && dbias && total_out, DAELAB_NULL_ARRAY);
     const int64_t blocks = col_blocks(feat);
     double total = 0.0;
     #pragma omp parallel for schedule(static) reduction(+ : total)
@@ -297,14 +345,17 @@ double sigmoid_mse(const uint16_t *z, const float *bias, const float *clean, int
         }
         total += part;
     }
-    return total;
+    *total_out = total;
+    return DAELAB_OK;
 }
 
 /* One Adam step (torch.optim.Adam, no weight decay, no amsgrad) on n values. The gradient is bf16
  * when grad_bf16 != 0, else fp32. When shadow is not NULL the updated value is also written there
  * as bf16. step_size = lr / (1 - beta1^t); denom = sqrt(v) / sqrt(1 - beta2^t) + eps. */
-void adam(float *param, const void *grad, int grad_bf16, float *exp_avg, float *exp_avg_sq, uint16_t *shadow,
-          int64_t n, float beta1, float beta2, float eps, float step_size, float bias_correction2_sqrt) {
+int adam(float *param, const void *grad, int grad_bf16, float *exp_avg, float *exp_avg_sq, uint16_t *shadow,
+         int64_t n, float beta1, float beta2, float eps, float step_size, float bias_correction2_sqrt) {
+    REQUIRE(n >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(param && grad && exp_avg && exp_avg_sq, DAELAB_NULL_ARRAY);
     const uint16_t *g16 = (const uint16_t *)grad;
     const float *g32 = (const float *)grad;
     #pragma omp parallel if (n > 16384)
@@ -312,9 +363,11 @@ void adam(float *param, const void *grad, int grad_bf16, float *exp_avg, float *
         /* Flush denormals to zero in this loop only: a weight whose gradient is (nearly) always 0 --
          * a border pixel's -- has moments that decay into the denormal range, where x86 arithmetic
          * is ~20x slower (measured: 0.13 ms vs 2.9 ms for 250k values). Below 1.2e-38 a moment
-         * changes no update. */
+         * changes no update. (x86 only: elsewhere the mode is left as it is.) */
+#ifdef DAELAB_X86_CSR
         const unsigned int csr = _mm_getcsr();
         _mm_setcsr(csr | 0x8040u); /* FTZ | DAZ */
+#endif
         #pragma omp for schedule(static)
         for (int64_t i = 0; i < n; i++) {
             float g = grad_bf16 ? bf16_to_f32(g16[i]) : g32[i];
@@ -326,14 +379,20 @@ void adam(float *param, const void *grad, int grad_bf16, float *exp_avg, float *
             param[i] = p;
             if (shadow) shadow[i] = f32_to_bf16(p);
         }
+#ifdef DAELAB_X86_CSR
         _mm_setcsr(csr);
+#endif
     }
+    return DAELAB_OK;
 }
 
 /* dst (bf16) = src (fp32), rounded to nearest even. */
-void to_bf16(const float *src, uint16_t *dst, int64_t n) {
+int to_bf16(const float *src, uint16_t *dst, int64_t n) {
+    REQUIRE(n >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(src && dst, DAELAB_NULL_ARRAY);
     #pragma omp parallel for schedule(static) if (n > 16384)
     for (int64_t i = 0; i < n; i++) dst[i] = f32_to_bf16(src[i]);
+    return DAELAB_OK;
 }
 
 /* ---------------------------------------------------------------- the study's classifier
@@ -342,8 +401,10 @@ void to_bf16(const float *src, uint16_t *dst, int64_t n) {
  * are already scaled by 1 / keep and are read through (seed, row) strides from the epoch's array. */
 
 /* h = relu(a) * mask, in place on a (S, b, width) contiguous. */
-void relu_mask(float *a, int64_t seeds, int64_t batch, int64_t width, const float *mask, int64_t mask_seed_stride,
-               int64_t mask_row_stride) {
+int relu_mask(float *a, int64_t seeds, int64_t batch, int64_t width, const float *mask, int64_t mask_seed_stride,
+              int64_t mask_row_stride) {
+    REQUIRE(seeds >= 0 && batch >= 0 && width >= 0 && mask_seed_stride >= 0 && mask_row_stride >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(a && mask, DAELAB_NULL_ARRAY);
     #pragma omp parallel for schedule(static) collapse(2) if (seeds * batch * width > 65536)
     for (int64_t s = 0; s < seeds; s++)
         for (int64_t r = 0; r < batch; r++) {
@@ -352,11 +413,14 @@ void relu_mask(float *a, int64_t seeds, int64_t batch, int64_t width, const floa
             #pragma omp simd
             for (int64_t j = 0; j < width; j++) row[j] = (row[j] > 0.0f ? row[j] : 0.0f) * m[j];
         }
+    return DAELAB_OK;
 }
 
 /* Backward of relu_mask: d(a) = d(h) * mask * (h > 0), in place on dh; dbias (S, width) = sums over rows. */
-void relu_mask_backward(float *dh, const float *h, int64_t seeds, int64_t batch, int64_t width, const float *mask,
-                        int64_t mask_seed_stride, int64_t mask_row_stride, float *dbias) {
+int relu_mask_backward(float *dh, const float *h, int64_t seeds, int64_t batch, int64_t width, const float *mask,
+                       int64_t mask_seed_stride, int64_t mask_row_stride, float *dbias) {
+    REQUIRE(seeds >= 0 && batch >= 0 && width >= 0 && mask_seed_stride >= 0 && mask_row_stride >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(dh && h && mask && dbias, DAELAB_NULL_ARRAY);
     #pragma omp parallel for schedule(static) if (seeds * batch * width > 65536)
     for (int64_t s = 0; s < seeds; s++) {
         float *db = dbias + s * width;
@@ -373,20 +437,34 @@ void relu_mask_backward(float *dh, const float *h, int64_t seeds, int64_t batch,
             }
         }
     }
+    return DAELAB_OK;
 }
 
 /* From layer 2's pre-activation a2 (S, b, H) to the loss and back to d(a2), per copy:
  * h = relu(a2) * mask; BatchNorm over the batch (biased variance, running statistics lerped by
  * `momentum`); logits = bn(h) @ w3 (S, H, C) + b3; loss = mean cross-entropy against labels (S, b).
  * Writes h (S, b, H) and da2 (S, b, H), gradients dw3 (S, H, C), db3 (S, C), dgamma, dbeta (S, H),
- * db2 (S, H); returns the sum over copies of each copy's mean loss. Work arrays: 3 * b * H + 2 * b * C
- * floats per copy in `work`. */
-double classifier_tail(const float *a2, int64_t seeds, int64_t batch, int64_t hidden, int64_t classes,
-                       const float *mask, int64_t mask_seed_stride, int64_t mask_row_stride, const int64_t *labels,
-                       int64_t label_seed_stride, const float *gamma, const float *beta, const float *w3,
-                       const float *b3, float eps, float momentum, float *running_mean, float *running_var,
-                       float *h, float *da2, float *dw3, float *db3, float *dgamma, float *dbeta, float *db2,
-                       float *work) {
+ * db2 (S, H); writes the sum over copies of each copy's mean loss into *total. Work arrays:
+ * 3 * b * H + 2 * b * C floats per copy in `work`; H and C at most DAELAB_TAIL_MAX_HIDDEN and
+ * DAELAB_TAIL_MAX_CLASSES (the per-copy arrays below), else DAELAB_TOO_LARGE and no work done. */
+int classifier_tail(const float *a2, int64_t seeds, int64_t batch, int64_t hidden, int64_t classes,
+                    const float *mask, int64_t mask_seed_stride, int64_t mask_row_stride, const int64_t *labels,
+                    int64_t label_seed_stride, const float *gamma, const float *beta, const float *w3,
+                    const float *b3, float eps, float momentum, float *running_mean, float *running_var,
+                    float *h, float *da2, float *dw3, float *db3, float *dgamma, float *dbeta, float *db2,
+                    float *work, double *total_out) {
+    REQUIRE(seeds >= 0 && batch >= 1 && hidden >= 0 && classes >= 1, DAELAB_BAD_SIZE);
+    REQUIRE(mask_seed_stride >= 0 && mask_row_stride >= 0 && label_seed_stride >= 0, DAELAB_BAD_SIZE);
+    REQUIRE(hidden <= DAELAB_TAIL_MAX_HIDDEN && classes <= DAELAB_TAIL_MAX_CLASSES, DAELAB_TOO_LARGE);
+    REQUIRE(a2 && mask && labels && gamma && beta && w3 && b3 && running_mean && running_var && h && da2 && dw3 &&
+            db3 && dgamma && dbeta && db2 && work && total_out, DAELAB_NULL_ARRAY);
+#ifdef DAELAB_DEBUG
+    for (int64_t s = 0; s < seeds; s++)
+        for (int64_t r = 0; r < batch; r++) {
+            const int64_t y = labels[s * label_seed_stride + r];
+            REQUIRE(y >= 0 && y < classes, DAELAB_BAD_INDEX);
+        }
+#endif
     double total = 0.0;
     #pragma omp parallel for schedule(static) reduction(+ : total)
     for (int64_t s = 0; s < seeds; s++) {
@@ -395,8 +473,8 @@ double classifier_tail(const float *a2, int64_t seeds, int64_t batch, int64_t hi
         float *logits = dout + B * H, *dlogits = logits + B * C;
         const float *g = gamma + s * H, *bt = beta + s * H, *w = w3 + s * H * C, *bias3 = b3 + s * C;
         float *hs = h + s * B * H, *da = da2 + s * B * H;
-        float mean[256], rstd[256], sum_do[256], sum_dohn[256];
-        if (H > 256 || C > 16) continue; /* classifier.fused_steps never calls with more (TAIL_MAX_*) */
+        float mean[DAELAB_TAIL_MAX_HIDDEN], rstd[DAELAB_TAIL_MAX_HIDDEN], sum_do[DAELAB_TAIL_MAX_HIDDEN],
+            sum_dohn[DAELAB_TAIL_MAX_HIDDEN];
         /* Every elementwise loop is branch-free and vectorised: with random dropout masks a branch
          * per value mispredicts half the time, which cost more than all the arithmetic here. */
         for (int64_t j = 0; j < H; j++) mean[j] = 0.0f;
@@ -428,7 +506,8 @@ double classifier_tail(const float *a2, int64_t seeds, int64_t batch, int64_t hi
         }
         /* The small (H x C) products run with j (H, contiguous) innermost so that they vectorise:
          * wt is w3 transposed (C, H); dwt accumulates d(w3) transposed. */
-        float wt[256 * 16], dwt[256 * 16];
+        float wt[DAELAB_TAIL_MAX_HIDDEN * DAELAB_TAIL_MAX_CLASSES],
+            dwt[DAELAB_TAIL_MAX_HIDDEN * DAELAB_TAIL_MAX_CLASSES];
         for (int64_t j = 0; j < H; j++)
             for (int64_t c = 0; c < C; c++) { wt[c * H + j] = w[j * C + c]; dwt[c * H + j] = 0.0f; }
         double loss = 0.0;
@@ -501,5 +580,6 @@ double classifier_tail(const float *a2, int64_t seeds, int64_t batch, int64_t hi
             }
         }
     }
-    return total;
+    *total_out = total;
+    return DAELAB_OK;
 }

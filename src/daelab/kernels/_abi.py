@@ -1,0 +1,281 @@
+"""The kernels' interface as Python sees it: ``_fused.h`` parsed into ctypes types and argument checks.
+
+``_fused.h`` is the one description of the C interface: ``_fused.c`` includes it (so the compiler
+rejects a definition that differs from it) and :func:`parse_header` reads it here for the ctypes
+argument types, the status codes and, from the comment after each array parameter, how many
+elements the kernel touches there and the range of the indices it holds. :data:`CALLS` is what
+daelab's callers pass, in order; :func:`check_calls` refuses a header whose prototypes say
+otherwise, so a changed prototype cannot silently meet callers written for the old one. Each
+kernel becomes a :class:`Kernel`: called, it checks its arguments (dtypes, contiguity, the extent
+of every array, index ranges) before the C call, and turns a nonzero status into :class:`KernelError`.
+"""
+from __future__ import annotations
+
+import ctypes
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from daelab.errors import TrainingError
+
+# What daelab's Python callers pass to each kernel (FusedMLP and FusedAdam here, FusedSteps and
+# epoch_masks in daelab.probe._classifier), in order: the loader refuses a header that differs.
+CALLS = {
+    "gather_gaussian": "data n_rows index batch dim sigma seed stream clean noisy",
+    "dropout_mask": "seed stream n threshold keep scale scaled",
+    "bn_forward": "z batch feat bias gamma beta eps momentum running_mean running_var keep keep_scale slope act "
+                  "mean_out rstd_out",
+    "bn_backward": "dact act z batch feat keep keep_scale slope gamma mean rstd dz dgamma dbeta",
+    "sigmoid_mse": "z bias clean batch feat grad_scale dz dbias total_out",
+    "adam": "param grad grad_bf16 exp_avg exp_avg_sq shadow n beta1 beta2 eps step_size bias_correction2_sqrt",
+    "to_bf16": "src dst n",
+    "relu_mask": "a seeds batch width mask mask_seed_stride mask_row_stride",
+    "relu_mask_backward": "dh h seeds batch width mask mask_seed_stride mask_row_stride dbias",
+    "classifier_tail": "a2 seeds batch hidden classes mask mask_seed_stride mask_row_stride labels label_seed_stride "
+                       "gamma beta w3 b3 eps momentum running_mean running_var h da2 dw3 db3 dgamma dbeta db2 work "
+                       "total_out",
+}
+
+_SCALARS = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "uint32_t": ctypes.c_uint32,
+            "uint64_t": ctypes.c_uint64, "float": ctypes.c_float, "double": ctypes.c_double}
+_RESULTS = {"int": ctypes.c_int, "const char *": ctypes.c_char_p}
+# the tensor dtypes an array of each C element type may be (bf16 is stored as uint16_t; void: any)
+_DTYPES = {"float": (torch.float32,), "double": (torch.float64,), "int64_t": (torch.int64,),
+           "uint16_t": (torch.bfloat16,), "uint8_t": (torch.uint8, torch.bool), "void": None}
+_EXPRESSION = re.compile(r"[\w\s()+\-*]+")
+
+
+class KernelError(TrainingError):
+    """A fused kernel refused its input (an index out of range, a size it has no room for); it did no work.
+
+    Parameters
+    ----------
+    kernel : the C function's name.
+    reason : what was wrong, in words.
+    """
+
+    def __init__(self, kernel: str, reason: str):
+        super().__init__(f"fused kernel {kernel}: {reason}")
+        self.kernel, self.reason = kernel, reason
+
+
+class KernelInterfaceError(RuntimeError):
+    """The kernels' header or library is not the interface daelab's callers are written for."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a kernel, as ``_fused.h`` declares it."""
+
+    name: str
+    ctype: type                      # the ctypes type of the argument
+    element: str | None = None       # arrays: the C element type ("float", "uint16_t", ...)
+    count: str | None = None         # arrays: how many elements the kernel touches, in the scalars' names
+    index_range: tuple[str, str] | None = None  # index arrays: [low, high) of the values, in the scalars' names
+    nullable: bool = False
+    returned: bool = False           # an out value (one element) the Python wrapper allocates and returns
+
+    @property
+    def strided(self) -> bool:
+        """Read through explicit strides (the count names one) rather than as one contiguous block."""
+        return self.count is not None and "_stride" in self.count
+
+
+@dataclass(frozen=True)
+class Prototype:
+    """A function of ``_fused.h``: its name, ctypes result type and parameters."""
+
+    name: str
+    restype: type
+    params: tuple[Param, ...]
+
+
+@dataclass(frozen=True)
+class Interface:
+    """All of ``_fused.h``: the functions, the status codes (value -> meaning) and the numeric constants."""
+
+    functions: dict[str, Prototype]
+    statuses: dict[int, str]
+    constants: dict[str, int]
+
+
+def _param(text: str, note: str | None) -> Param:
+    match = re.fullmatch(r"(.+?)\s*\b(\w+)", " ".join(text.split()))
+    if match is None:
+        raise KernelInterfaceError(f"cannot read parameter {text!r} in _fused.h")
+    ctype_text, name = match.group(1).replace("const ", "").strip(), match.group(2)
+    if not ctype_text.endswith("*"):
+        if ctype_text not in _SCALARS or note:
+            raise KernelInterfaceError(f"parameter {name}: unsupported scalar type {ctype_text!r} in _fused.h")
+        return Param(name, _SCALARS[ctype_text])
+    element = ctype_text.rstrip("* ")
+    parts = [part.strip() for part in (note or "").split(";")]
+    if element not in _DTYPES or not parts[0] or not _EXPRESSION.fullmatch(parts[0]):
+        raise KernelInterfaceError(f"array parameter {name} needs a known element type and a count in _fused.h")
+    index_range, nullable, returned = None, False, False
+    for part in parts[1:]:
+        bounds = re.fullmatch(r"in \[(.+),(.+)\)", part)
+        if bounds and all(_EXPRESSION.fullmatch(b) for b in bounds.groups()):
+            index_range = (bounds.group(1).strip(), bounds.group(2).strip())
+        elif part == "may be NULL":
+            nullable = True
+        elif part == "returned" and element == "double" and parts[0] == "1":
+            returned = True
+        else:
+            raise KernelInterfaceError(f"array parameter {name}: cannot read {part!r} in _fused.h")
+    return Param(name, ctypes.c_void_p, element, parts[0], index_range, nullable, returned)
+
+
+def parse_header(path: Path) -> Interface:
+    """The interface ``_fused.h`` at ``path`` declares.
+
+    Raises
+    ------
+    KernelInterfaceError : a declaration this parser (and so the ctypes side) does not understand.
+    """
+    text = path.read_text()
+    statuses = {int(value): message.strip() for _, value, message in
+                re.findall(r"^\s*(DAELAB_\w+)\s*=\s*(\d+),\s*/\*(.*?)\*/", text, flags=re.M)}
+    constants = {name: int(value) for name, value in re.findall(r"^#define (DAELAB_\w+) (\d+)\s*$", text, flags=re.M)}
+    functions = {}
+    # a prototype, and the note on its last parameter, after the ");"
+    declarations = re.findall(r"^(int|const char \*)\s*(\w+)\((.*?)\);[ \t]*(/\*.*?\*/)?", text, flags=re.M | re.S)
+    for result, name, body, last_note in declarations:
+        params, pieces = [], re.split(r"(/\*.*?\*/)", body + last_note, flags=re.S)
+        for piece in pieces:
+            if piece.startswith("/*"):  # the note on the parameter just before it
+                if not params:
+                    raise KernelInterfaceError(f"{name}: a comment before the first parameter in _fused.h")
+                params[-1][1] = piece[2:-2].strip()
+                continue
+            params += [[decl, None] for decl in (d.strip() for d in piece.split(",")) if decl and decl != "void"]
+        functions[name] = Prototype(name, _RESULTS[result], tuple(_param(decl, note) for decl, note in params))
+    if not functions or 0 not in statuses:
+        raise KernelInterfaceError(f"no prototypes or status codes in {path}")
+    return Interface(functions, statuses, constants)
+
+
+def check_calls(interface: Interface) -> None:
+    """Raise :class:`KernelInterfaceError` unless every kernel in :data:`CALLS` is declared with those parameters."""
+    for name, expected in CALLS.items():
+        prototype = interface.functions.get(name)
+        if prototype is None:
+            raise KernelInterfaceError(f"{name} is not declared in _fused.h")
+        declared = " ".join(p.name for p in prototype.params)
+        if declared != expected or prototype.restype is not ctypes.c_int:
+            raise KernelInterfaceError(f"{name} is declared as int {name}({declared}) in _fused.h, "
+                                       f"but daelab calls it with ({expected})")
+
+
+def _evaluate(expression: str, scalars: dict) -> int:
+    return int(eval(expression, {"__builtins__": {}}, scalars))  # checked by _EXPRESSION: names, + - * ( )
+
+
+class Kernel:
+    """One C kernel with its checks: ``kernel(*args)`` checks the arguments, calls C, raises on a nonzero status.
+
+    Arguments are the C parameters in order, without the ``returned`` ones, whose values the call
+    returns instead (one value, or None). An array argument is ``ptr(tensor)`` (checked: dtype,
+    device, contiguity, that the tensor holds every element the kernel touches, index ranges),
+    None where the header allows NULL, or a bare address, which nothing can check. The checks of
+    an index array's values are remembered per tensor until it is written to, so a caller that
+    walks one epoch's labels in steps pays for one ``aminmax`` an epoch.
+
+    Parameters
+    ----------
+    function : the ctypes function, its ``argtypes``/``restype`` set from ``prototype``.
+    prototype : its declaration in ``_fused.h``.
+    statuses : the header's status codes, value -> meaning.
+    """
+
+    def __init__(self, function, prototype: Prototype, statuses: dict[int, str]):
+        self.function, self.prototype, self.statuses = function, prototype, statuses
+        self.name = prototype.name
+        self.inputs = tuple(p for p in prototype.params if not p.returned)
+        self._returned = tuple(p for p in prototype.params if p.returned)
+        if prototype.params[len(self.inputs):] != self._returned:
+            raise KernelInterfaceError(f"{self.name}: returned parameters must come last in _fused.h")
+        self._checked: dict[str, tuple] = {}  # index parameter -> what _check_indices last found valid
+
+    def __call__(self, *args):
+        self.check(*args)
+        return self.call(*args)
+
+    def call(self, *args):
+        """The C call without the Python-side checks (for callers that checked these arrays once already)."""
+        if not self._returned:
+            status = self.function(*args)
+            if status:
+                self._fail(status)
+            return None
+        outs = [ctypes.c_double() for _ in self._returned]
+        status = self.function(*args, *(ctypes.byref(out) for out in outs))
+        if status:
+            self._fail(status)
+        return outs[0].value if len(outs) == 1 else tuple(out.value for out in outs)
+
+    def _fail(self, status: int):
+        raise KernelError(self.name, self.statuses.get(status, f"status {status}"))
+
+    def check(self, *args) -> None:
+        """Raise ``ValueError``/:class:`KernelError` where ``args`` do not fit the kernel; see the class."""
+        if len(args) != len(self.inputs):
+            raise TypeError(f"{self.name} takes {len(self.inputs)} arguments ({len(args)} given)")
+        scalars = {}
+        for param, value in zip(self.inputs, args):
+            if param.element is None:
+                if param.ctype is ctypes.c_int64 and value < 0:
+                    raise ValueError(f"{self.name}: {param.name} = {value} is negative")
+                scalars[param.name] = value
+        for param, value in zip(self.inputs, args):
+            if param.element is None:
+                continue
+            if value is None:
+                if not param.nullable:
+                    raise ValueError(f"{self.name}: {param.name} is required")
+                continue
+            tensor = getattr(value, "tensor", None)
+            if tensor is not None:
+                self._check_array(param, tensor, scalars)
+
+    def _check_array(self, param: Param, tensor: torch.Tensor, scalars: dict) -> None:
+        name = f"{self.name}: {param.name}"
+        dtypes = _DTYPES[param.element]
+        if tensor.device.type != "cpu" or (dtypes is not None and tensor.dtype not in dtypes):
+            raise ValueError(f"{name} must be a CPU {param.element} tensor, not {tensor.dtype} on {tensor.device}")
+        count = max(0, _evaluate(param.count, scalars))
+        if param.strided:  # read through strides: every element must lie inside the tensor's storage
+            storage = tensor.untyped_storage()
+            end = tensor.data_ptr() + count * tensor.element_size()
+            if count and end > storage.data_ptr() + storage.nbytes():
+                raise ValueError(f"{name}: the kernel reads {count} values from here, past the end of the tensor")
+        elif not tensor.is_contiguous() or tensor.numel() < count:
+            raise ValueError(f"{name} must be contiguous with at least {count} values "
+                             f"(got {tuple(tensor.shape)}, contiguous={tensor.is_contiguous()})")
+        if param.index_range is not None and count:
+            low, high = (_evaluate(bound, scalars) for bound in param.index_range)
+            self._check_indices(param, tensor, count, low, high)
+
+    def _check_indices(self, param: Param, tensor: torch.Tensor, count: int, low: int, high: int) -> None:
+        """All values the kernel reads from ``tensor`` lie in [low, high): checked once per tensor and version."""
+        root = tensor if tensor._base is None else tensor._base
+        start = tensor.data_ptr()
+        end = start + count * tensor.element_size()
+        seen = self._checked.get(param.name)  # (tensor, version, smallest, largest, start, end) checked last
+        if (seen is not None and seen[0] is root and seen[1] == root._version and low <= seen[2] and seen[3] < high
+                and seen[4] <= start and end <= seen[5]):
+            return
+        root_start = root.data_ptr()
+        root_end = root_start + root.numel() * root.element_size()
+        if root.is_contiguous() and root_start <= start and end <= root_end:
+            values, span = root, (root_start, root_end)  # the whole epoch's indices, checked once
+        else:
+            values = tensor.new_empty(0).set_(tensor.untyped_storage(), tensor.storage_offset(), (count,), (1,))
+            span = (start, end)
+        smallest, largest = (int(v) for v in torch.aminmax(values))
+        if smallest < low or largest >= high:
+            bad = smallest if smallest < low else largest
+            raise KernelError(self.name, f"{param.name} holds {bad}, outside [{low}, {high})")
+        self._checked[param.name] = (root, root._version, smallest, largest, *span)

@@ -1,0 +1,222 @@
+"""Building, caching and loading the C kernels, and the helpers every caller of them uses.
+
+``_fused.c`` is compiled on first use with the system C compiler into the user cache
+(``$DAELAB_CACHE`` or ``~/.cache/daelab``) and loaded with ctypes: no build step at install time and
+no PyTorch headers, so it compiles in about a second. :func:`load_kernels` returns the library as
+:class:`Kernels` -- one checked :class:`~daelab.kernels._abi.Kernel` per C function, typed from
+``_fused.h`` -- or None, with one warning, where there is no compiler or the library is not the
+interface daelab's callers are written for; training then uses PyTorch's ops. With
+``DAELAB_KERNEL_DEBUG=1`` it builds and loads a debug library instead (``-O1 -g -DDAELAB_DEBUG``, its
+own cache file) whose kernels also check every index in C. :func:`ptr`, :func:`draw_key` and
+:func:`keep_threshold` turn tensors, generators and dropout rates into kernel arguments.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from daelab.kernels._abi import Kernel, KernelInterfaceError, check_calls, parse_header
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_fused.c")
+HEADER = SOURCE.with_name("_fused.h")
+# -Werror=missing-prototypes: a kernel not declared in _fused.h does not build (warnings change no code)
+COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11", "-Werror=missing-prototypes"]
+DEBUG_FLAGS = ["-O1", "-g", "-DDAELAB_DEBUG"]  # in place of -O3
+DEBUG_ENV = "DAELAB_KERNEL_DEBUG"
+_LIB: Kernels | None | bool = False  # False: not tried yet
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU model and feature flags."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$DAELAB_CACHE/kernels`` (default ``~/.cache/daelab/kernels``)."""
+    root = os.environ.get("DAELAB_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                          os.path.expanduser("~/.cache"), "daelab")
+    return Path(root) / "kernels"
+
+
+def debug_requested() -> bool:
+    """Whether ``DAELAB_KERNEL_DEBUG`` asks for the debug build (set, and not ``0``)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def compile_flags(debug: bool = False) -> list[str]:
+    """The C compiler flags of the normal build, or of the debug build (``-O1 -g -DDAELAB_DEBUG``)."""
+    return DEBUG_FLAGS + [flag for flag in COMPILE_FLAGS if flag != "-O3"] if debug else list(COMPILE_FLAGS)
+
+
+def build_kernels(compiler: str | None = None, debug: bool = False, source: Path | None = None,
+                  extra_flags: tuple[str, ...] = ()) -> Path:
+    """Compile ``_fused.c`` into the cache (once per source, header, compiler, flags and CPU); the library's path.
+
+    Compiles and links in two steps so that ``-ffast-math`` (needed for vectorised log/sin/cos)
+    does not link GCC's crtfastmath, which would switch the whole process to flush-to-zero.
+    Builds of other sources with the same flavour (normal or debug) are removed from the cache.
+
+    Parameters
+    ----------
+    compiler : the C compiler; default ``$CC`` or ``cc``.
+    debug : the debug build (``fused-debug-*.so``), whose kernels check every index in C.
+    source : the C file (default :data:`SOURCE`); its header ``_fused.h`` is the one beside it.
+    extra_flags : appended to the flags (``-march=x86-64`` builds the portable scalar path).
+
+    Raises
+    ------
+    OSError, subprocess.CalledProcessError : there is no working compiler, or the source does not build.
+    """
+    compiler, source = compiler or os.environ.get("CC") or "cc", source or SOURCE
+    if shutil.which(compiler) is None:
+        raise OSError(f"no C compiler {compiler!r} on PATH")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    header = source.with_name(HEADER.name).read_bytes()
+    flags = compile_flags(debug) + list(extra_flags)
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), header, version.encode(), " ".join(flags).encode(),
+                                     _cpu_id().encode()])).hexdigest()[:16]
+    flavour = "fused-debug" if debug else "fused"
+    target = cache_dir() / f"{flavour}-{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stamp = f'-DDAELAB_HEADER_SHA256="{hashlib.sha256(header).hexdigest()}"'
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        obj, lib = Path(tmp) / "fused.o", Path(tmp) / "fused.so"
+        subprocess.run([compiler, *flags, stamp, "-c", str(source), "-o", str(obj)],
+                       capture_output=True, text=True, check=True)
+        subprocess.run([compiler, "-shared", "-fopenmp", str(obj), "-o", str(lib), "-lm"],
+                       capture_output=True, text=True, check=True)
+        os.replace(lib, target)  # atomic: a concurrent build or a crash never leaves half a library
+    for old in target.parent.glob(f"{flavour}-{'?' * 16}.so"):  # older sources (a process using one keeps it)
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target
+
+
+class Kernels:
+    """A loaded kernel library: one checked :class:`~daelab.kernels._abi.Kernel` attribute per C kernel.
+
+    ``kernels.adam(...)`` checks its arguments and raises :class:`~daelab.kernels._abi.KernelError`
+    on a refused call; ``kernels.trusted.adam(...)`` skips the Python-side checks (for arrays the
+    caller checked once, e.g. its own buffers) but not the status. Build with :func:`open_kernels`.
+
+    Parameters
+    ----------
+    cdll : the ctypes library.
+    header : the ``_fused.h`` it was built from.
+    """
+
+    def __init__(self, cdll: ctypes.CDLL, header: Path):
+        interface = parse_header(header)
+        check_calls(interface)
+        built_from = _metadata(cdll, "daelab_header_sha256", ctypes.c_char_p)().decode()
+        if built_from != hashlib.sha256(header.read_bytes()).hexdigest():
+            raise KernelInterfaceError(f"{cdll._name} was built from another _fused.h than {header}")
+        self.cdll, self.interface, self.path = cdll, interface, Path(cdll._name)
+        self.debug = bool(_metadata(cdll, "daelab_debug_build", ctypes.c_int)())
+        self.constants, self.statuses = interface.constants, interface.statuses
+        self.kernels: dict[str, Kernel] = {}
+        for name, prototype in interface.functions.items():
+            if name.startswith("daelab_"):
+                continue
+            function = getattr(cdll, name)
+            function.argtypes, function.restype = [p.ctype for p in prototype.params], prototype.restype
+            self.kernels[name] = Kernel(function, prototype, interface.statuses)
+        if set(self.kernels) & set(vars(self)):
+            raise KernelInterfaceError(f"a kernel is named like an attribute of Kernels: {sorted(self.kernels)}")
+        vars(self).update(self.kernels)
+        self.trusted = SimpleNamespace(**{name: kernel.call for name, kernel in self.kernels.items()})
+
+    def __repr__(self) -> str:
+        return f"Kernels({str(self.path)!r}, debug={self.debug})"
+
+
+def _metadata(cdll: ctypes.CDLL, name: str, restype):
+    try:
+        function = getattr(cdll, name)
+    except AttributeError:
+        raise KernelInterfaceError(f"{cdll._name} has no {name}(): not built from this _fused.h") from None
+    function.argtypes, function.restype = [], restype
+    return function
+
+
+def open_kernels(path: Path, header: Path | None = None) -> Kernels:
+    """The library at ``path`` as :class:`Kernels`, typed and checked against ``header`` (default :data:`HEADER`).
+
+    Raises
+    ------
+    OSError : the library does not load.
+    KernelInterfaceError : it, or the header, is not the interface daelab's callers are written for.
+    """
+    return Kernels(ctypes.CDLL(str(path)), header or HEADER)
+
+
+def _one_line(exc: BaseException) -> str:
+    detail = (getattr(exc, "stderr", "") or str(exc) or type(exc).__name__).strip()
+    lines = detail.splitlines()
+    return next((line for line in lines if "error" in line), lines[-1]) if lines else type(exc).__name__
+
+
+def load_kernels() -> Kernels | None:
+    """The compiled kernels (the debug build under ``DAELAB_KERNEL_DEBUG=1``), or None where they cannot be used.
+
+    Built and loaded once per process; a failure (no compiler, a source that does not build, a
+    library whose interface differs from the callers') is logged once, as one line.
+    """
+    global _LIB
+    if _LIB is False:
+        try:
+            _LIB = open_kernels(build_kernels(debug=debug_requested(), source=SOURCE), SOURCE.with_name(HEADER.name))
+        except (OSError, subprocess.CalledProcessError, KernelInterfaceError) as exc:
+            log.warning("fused CPU kernels unavailable (%s); training with PyTorch ops", _one_line(exc))
+            _LIB = None
+    return _LIB
+
+
+class Pointer:
+    """A tensor's address as a kernel argument (ctypes reads ``_as_parameter_``), with the tensor for the checks."""
+
+    __slots__ = ("_as_parameter_", "tensor")
+
+    def __init__(self, tensor: torch.Tensor):
+        self._as_parameter_, self.tensor = tensor.data_ptr(), tensor
+
+    def __int__(self) -> int:
+        return self._as_parameter_
+
+    def __repr__(self) -> str:
+        return f"Pointer({self._as_parameter_:#x}, {self.tensor.dtype}, {tuple(self.tensor.shape)})"
+
+
+def ptr(tensor: torch.Tensor | None) -> Pointer | None:
+    """``tensor`` as a kernel argument (a :class:`Pointer`: its address, checkable against the kernel), or None."""
+    return None if tensor is None else Pointer(tensor)
+
+
+def draw_key(generator: torch.Generator) -> int:
+    """One unsigned 64-bit Philox key from ``generator`` (so its state, checkpointed, fixes the stream)."""
+    return int(torch.randint(-2 ** 63, 2 ** 63 - 1, (), generator=generator, dtype=torch.int64)) % 2 ** 64
+
+
+def keep_threshold(p: float) -> int:
+    """Dropout probability ``p`` as the 32-bit threshold below which ``dropout_mask`` drops a value."""
+    return min(int(round(p * 2 ** 32)), 2 ** 32 - 1)
