@@ -12,7 +12,9 @@ of every array, index ranges) before the C call, and turns a nonzero status into
 from __future__ import annotations
 
 import ctypes
+import functools
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,8 +171,13 @@ def check_calls(interface: Interface) -> None:
                                        f"but daelab calls it with ({expected})")
 
 
-def _evaluate(expression: str, scalars: dict) -> int:
-    return int(eval(expression, {"__builtins__": {}}, scalars))  # checked by _EXPRESSION: names, + - * ( )
+_NO_BUILTINS = {"__builtins__": {}}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(expression: str):
+    """A count or bound of _fused.h, compiled once (_EXPRESSION let through only names, numbers, + - * and brackets)."""
+    return compile(expression, "<_fused.h>", "eval")
 
 
 class Kernel:
@@ -198,6 +205,17 @@ class Kernel:
         if prototype.params[len(self.inputs):] != self._returned:
             raise KernelInterfaceError(f"{self.name}: returned parameters must come last in _fused.h")
         self._checked: dict[str, tuple] = {}  # index parameter -> what _check_indices last found valid
+        # what check() walks, worked out once: the sizes (int64 scalars) and (position, param, dtypes) of the arrays
+        self._size_slots = [(k, p.name) for k, p in enumerate(self.inputs) if p.ctype is ctypes.c_int64]
+        self._array_slots = [(k, p, _DTYPES[p.element]) for k, p in enumerate(self.inputs) if p.element is not None]
+        self._sizes_seen: dict[tuple, list] = {}  # size arguments -> _sizes
+        sizes = {name for _, name in self._size_slots}
+        for _, param, _ in self._array_slots:
+            for expression in (param.count, *(param.index_range or ())):
+                unknown = set(_compiled(expression).co_names) - sizes
+                if unknown:
+                    raise KernelInterfaceError(f"{self.name}: {param.name}'s count or range names {sorted(unknown)}, "
+                                               "which are not int64_t parameters, in _fused.h")
 
     def __call__(self, *args):
         self.check(*args)
@@ -223,40 +241,49 @@ class Kernel:
         """Raise ``ValueError``/:class:`KernelError` where ``args`` do not fit the kernel; see the class."""
         if len(args) != len(self.inputs):
             raise TypeError(f"{self.name} takes {len(self.inputs)} arguments ({len(args)} given)")
-        scalars = {}
-        for param, value in zip(self.inputs, args):
-            if param.element is None:
-                if param.ctype is ctypes.c_int64 and value < 0:
-                    raise ValueError(f"{self.name}: {param.name} = {value} is negative")
-                scalars[param.name] = value
-        for param, value in zip(self.inputs, args):
-            if param.element is None:
-                continue
+        sizes = self._sizes(args)
+        for (k, param, dtypes), (count, bounds) in zip(self._array_slots, sizes):
+            value = args[k]
             if value is None:
                 if not param.nullable:
                     raise ValueError(f"{self.name}: {param.name} is required")
                 continue
             tensor = getattr(value, "tensor", None)
-            if tensor is not None:
-                self._check_array(param, tensor, scalars)
+            if tensor is None:  # a bare address: nothing to check it against
+                continue
+            if not tensor.is_cpu or (dtypes is not None and tensor.dtype not in dtypes):
+                raise ValueError(f"{self.name}: {param.name} must be a CPU {param.element} tensor, "
+                                 f"not {tensor.dtype} on {tensor.device}")
+            if param.strided:  # read through strides: every element must lie inside the tensor's storage
+                storage = tensor.untyped_storage()
+                if count and tensor.data_ptr() + count * tensor.element_size() > storage.data_ptr() + storage.nbytes():
+                    raise ValueError(f"{self.name}: {param.name}: the kernel reads {count} values from here, "
+                                     "past the end of the tensor")
+            elif tensor.numel() < count or not tensor.is_contiguous():
+                raise ValueError(f"{self.name}: {param.name} must be contiguous with at least {count} values "
+                                 f"(got {tuple(tensor.shape)}, contiguous={tensor.is_contiguous()})")
+            if bounds is not None and count:
+                self._check_indices(param, tensor, count, *bounds)
 
-    def _check_array(self, param: Param, tensor: torch.Tensor, scalars: dict) -> None:
-        name = f"{self.name}: {param.name}"
-        dtypes = _DTYPES[param.element]
-        if tensor.device.type != "cpu" or (dtypes is not None and tensor.dtype not in dtypes):
-            raise ValueError(f"{name} must be a CPU {param.element} tensor, not {tensor.dtype} on {tensor.device}")
-        count = max(0, _evaluate(param.count, scalars))
-        if param.strided:  # read through strides: every element must lie inside the tensor's storage
-            storage = tensor.untyped_storage()
-            end = tensor.data_ptr() + count * tensor.element_size()
-            if count and end > storage.data_ptr() + storage.nbytes():
-                raise ValueError(f"{name}: the kernel reads {count} values from here, past the end of the tensor")
-        elif not tensor.is_contiguous() or tensor.numel() < count:
-            raise ValueError(f"{name} must be contiguous with at least {count} values "
-                             f"(got {tuple(tensor.shape)}, contiguous={tensor.is_contiguous()})")
-        if param.index_range is not None and count:
-            low, high = (_evaluate(bound, scalars) for bound in param.index_range)
-            self._check_indices(param, tensor, count, low, high)
+    def _sizes(self, args: tuple) -> list[tuple[int, tuple[int, int] | None]]:
+        """Per array parameter, the count and the index bounds for these size arguments (remembered: a
+        caller's steps mostly repeat them)."""
+        key = tuple(args[k] for k, _ in self._size_slots)
+        sizes = self._sizes_seen.get(key)
+        if sizes is None:
+            scalars = {}
+            for (_, name), value in zip(self._size_slots, key):
+                if value < 0:
+                    raise ValueError(f"{self.name}: {name} = {value} is negative")
+                scalars[name] = value
+            sizes = [(max(0, eval(_compiled(p.count), _NO_BUILTINS, scalars)),
+                      None if p.index_range is None else
+                      tuple(eval(_compiled(bound), _NO_BUILTINS, scalars) for bound in p.index_range))
+                     for _, p, _ in self._array_slots]
+            if len(self._sizes_seen) > 64:
+                self._sizes_seen.clear()
+            self._sizes_seen[key] = sizes
+        return sizes
 
     def _check_indices(self, param: Param, tensor: torch.Tensor, count: int, low: int, high: int) -> None:
         """All values the kernel reads from ``tensor`` lie in [low, high): checked once per tensor and version."""
@@ -264,7 +291,7 @@ class Kernel:
         start = tensor.data_ptr()
         end = start + count * tensor.element_size()
         seen = self._checked.get(param.name)  # (tensor, version, smallest, largest, start, end) checked last
-        if (seen is not None and seen[0] is root and seen[1] == root._version and low <= seen[2] and seen[3] < high
+        if (seen is not None and seen[0]() is root and seen[1] == root._version and low <= seen[2] and seen[3] < high
                 and seen[4] <= start and end <= seen[5]):
             return
         root_start = root.data_ptr()
@@ -278,4 +305,4 @@ class Kernel:
         if smallest < low or largest >= high:
             bad = smallest if smallest < low else largest
             raise KernelError(self.name, f"{param.name} holds {bad}, outside [{low}, {high})")
-        self._checked[param.name] = (root, root._version, smallest, largest, *span)
+        self._checked[param.name] = (weakref.ref(root), root._version, smallest, largest, *span)
