@@ -3,9 +3,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from daelab.stats import NO_DIFFERENCE, mean_ci, paired_difference, verdict
+from daelab.stats import (
+    NO_DIFFERENCE,
+    bootstrap_verdict,
+    hierarchical_bootstrap,
+    mean_ci,
+    paired_difference,
+    scope,
+    verdict,
+)
 
 T_975_DF4 = 2.7764451051977987  # Student t, 97.5% quantile, 4 degrees of freedom (from tables)
 
@@ -84,3 +93,99 @@ def test_verdict_refuses_to_call_a_single_pair():
 def test_verdict_uses_the_given_names():
     diff = {"lo": -0.02, "hi": -0.01, "n": 5}
     assert verdict(diff, "pca", "raw") == "raw better"
+
+
+# ------------------------------------------------------------------------- hierarchical bootstrap
+def _correct(rng, shape, p):
+    return rng.random(shape) < p
+
+
+def test_bootstrap_estimate_is_the_mean_difference_and_scope_is_stated():
+    rng = np.random.default_rng(0)
+    a, b = _correct(rng, (3, 5, 400), 0.8), _correct(rng, (1, 5, 400), 0.7)
+    result = hierarchical_bootstrap(a, b, n_boot=300)
+    assert result["mean"] == pytest.approx(a.mean() - b.mean())
+    assert result["lo"] < result["mean"] < result["hi"]
+    assert result["interval_over"] == {
+        "dae_seeds": 3, "classifier_seeds": 5, "test_images": 400,
+        "resampled": ["dae_seeds", "classifier_seeds", "test_images"], "n_boot": 300,
+        "method": result["interval_over"]["method"], "seed": 0}
+    assert "DAE seeds" in result["interval_over"]["method"] and "paired" in result["interval_over"]["method"]
+    one = hierarchical_bootstrap(a[:1], b, n_boot=300)["interval_over"]
+    assert one["resampled"] == ["classifier_seeds", "test_images"] and one["dae_seeds"] == 1
+
+
+def test_bootstrap_is_seeded_and_a_shared_side_broadcasts():
+    rng = np.random.default_rng(1)
+    a, b = _correct(rng, (2, 3, 300), 0.8), _correct(rng, (3, 300), 0.8)
+    first = hierarchical_bootstrap(a, b, n_boot=200, seed=4)
+    assert hierarchical_bootstrap(a, b, n_boot=200, seed=4) == first
+    assert hierarchical_bootstrap(a, np.stack([b, b]).astype(np.uint8), n_boot=200, seed=4) == first
+    assert hierarchical_bootstrap(a, b, n_boot=200, seed=5)["lo"] != first["lo"]
+
+
+def test_a_certain_difference_has_a_zero_width_interval():
+    ones, zeros = np.ones((2, 3, 50), bool), np.zeros((1, 3, 50), bool)
+    result = hierarchical_bootstrap(ones, zeros, n_boot=100)
+    assert result["mean"] == result["lo"] == result["hi"] == 1.0 and result["std"] == 0.0
+
+
+def test_images_only_bootstrap_matches_the_standard_error_of_a_paired_mean():
+    rng = np.random.default_rng(2)
+    a, b = _correct(rng, (1, 1, 4000), 0.85), _correct(rng, (1, 1, 4000), 0.85)
+    result = hierarchical_bootstrap(a, b, n_boot=2000)
+    differences = a[0, 0].astype(float) - b[0, 0]
+    assert result["interval_over"]["resampled"] == ["test_images"]
+    assert result["std"] == pytest.approx(differences.std() / math.sqrt(4000), rel=0.08)
+
+
+def test_pairing_by_image_narrows_the_interval():
+    # a and b agree on every image but 30 of 1000, which a gets right: +0.03, clearly above zero only when
+    # the same images are drawn for both sides (unpaired, the interval would be about +-0.03 wide)
+    b = np.random.default_rng(3).random((1, 1, 1000)) < 0.8
+    a = b.copy()
+    a[0, 0, np.flatnonzero(~b[0, 0])[:30]] = True
+    result = hierarchical_bootstrap(a, b, n_boot=1000)
+    assert result["mean"] == pytest.approx(0.03)
+    assert 0.01 < result["lo"] < 0.03 < result["hi"] < 0.05
+    assert bootstrap_verdict(result) == "codes better for this one trained DAE"
+
+
+def test_dae_seeds_that_disagree_widen_the_interval():
+    rng = np.random.default_rng(4)
+    raw = _correct(rng, (1, 5, 2000), 0.85)
+    good, bad = _correct(rng, (1, 5, 2000), 0.88), _correct(rng, (1, 5, 2000), 0.82)
+    alone = hierarchical_bootstrap(good, raw, n_boot=500)
+    both = hierarchical_bootstrap(np.concatenate([good, bad]), raw, n_boot=500)
+    assert alone["lo"] > 0  # one DAE, taken alone, looks better than raw ...
+    assert both["lo"] < 0 < both["hi"]  # ... but the other DAE seed says the opposite
+    assert both["hi"] - both["lo"] > 2 * (alone["hi"] - alone["lo"])
+    assert bootstrap_verdict(both) == f"{NO_DIFFERENCE} over 2 trained DAEs"
+
+
+def test_bootstrap_rejects_what_does_not_pair():
+    ones = np.ones((2, 3, 10), bool)
+    with pytest.raises(ValueError, match="do not pair"):
+        hierarchical_bootstrap(ones, np.ones((2, 4, 10), bool))
+    with pytest.raises(ValueError, match="do not pair"):
+        hierarchical_bootstrap(ones, np.ones((3, 3, 10), bool))
+    with pytest.raises(ValueError, match="0/1"):
+        hierarchical_bootstrap(ones, np.full((2, 3, 10), 0.5))
+    with pytest.raises(ValueError, match="shape"):
+        hierarchical_bootstrap(np.ones(10), np.ones(10))
+    with pytest.raises(ValueError, match="level"):
+        hierarchical_bootstrap(ones, ones, level=1.5)
+
+
+@pytest.mark.parametrize("lo, hi, expected", [
+    (0.001, 0.01, "codes better"), (-0.01, -0.001, "raw better"), (-0.01, 0.01, NO_DIFFERENCE)])
+def test_bootstrap_verdict_wording_follows_the_scope(lo, hi, expected):
+    over = {"dae_seeds": 1, "resampled": ["classifier_seeds", "test_images"]}
+    interval = {"lo": lo, "hi": hi, "interval_over": over}
+    assert bootstrap_verdict(interval) == f"{expected} for this one trained DAE"
+    assert bootstrap_verdict(interval, scoped=False) == expected
+    interval["interval_over"] = {"dae_seeds": 3, "resampled": ["dae_seeds", "classifier_seeds", "test_images"]}
+    assert bootstrap_verdict(interval) == f"{expected} over 3 trained DAEs"
+    assert bootstrap_verdict({"lo": 0.1, "hi": 0.1, "interval_over": {"dae_seeds": 1, "resampled": []}},
+                             scoped=False).startswith("undetermined")
+    assert scope({"dae_seeds": 1}) == "for this one trained DAE"

@@ -17,6 +17,7 @@ stream                 seed                                     drives
 ``CODES_NOISY``        ``seed + 20011``                         the probe's noisy-codes feature
 ``CLASSIFIER_INIT``    ``SeedSequence([seed, 0])``              a probe classifier's initial weights
 ``CLASSIFIER_DATA``    ``SeedSequence([seed, 1])``              a probe classifier's batch order and dropout
+``BOOTSTRAP``          ``SeedSequence([seed, 2])``              the probe's hierarchical bootstrap resamples
 =====================  =======================================  ==========================================
 """
 from __future__ import annotations
@@ -57,6 +58,8 @@ STREAMS = (MODEL_INIT, TRAIN_NOISE, VALIDATION_NOISE, CODES_NOISY)
 
 # SeedSequence stream numbers of a probe classifier seed.
 CLASSIFIER_INIT, CLASSIFIER_DATA = 0, 1
+# SeedSequence stream number of the probe's bootstrap (daelab.stats.hierarchical_bootstrap), beside the classifier's.
+BOOTSTRAP = 2
 
 
 def epoch_order_seed(seed: int, epoch: int) -> int:
@@ -77,3 +80,8 @@ def classifier_generator(seed: int, stream: int) -> torch.Generator:
     """
     state = np.random.SeedSequence([int(seed), int(stream)]).generate_state(1)[0]
     return torch.Generator().manual_seed(int(state))
+
+
+def bootstrap_rng(seed: int) -> np.random.Generator:
+    """The NumPy generator of the :data:`BOOTSTRAP` stream of ``seed`` (the resamples of a probe's intervals)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), BOOTSTRAP]))
