@@ -19,16 +19,18 @@ def quick_builds(monkeypatch, tmp_path):
     monkeypatch.setenv("DAELAB_CACHE", str(tmp_path / "cache"))
 
 
-def _copy_source(tmp_path, edit_c=None, edit_h=None):
-    """A copy of _fused.c and _fused.h in tmp_path/src, each optionally edited (old, new), the edit checked to apply."""
+def _copy_source(tmp_path, **edits):
+    """A copy of the kernels' sources in tmp_path/src; ``edits``: _fused_c=(old, new) etc., each checked to apply."""
     folder = tmp_path / "src"
     folder.mkdir()
-    for original, edit in ((_loader.SOURCE, edit_c), (_loader.HEADER, edit_h)):
+    for original in sorted(_loader.SOURCE.parent.glob("_*.[ch]")):
         text = original.read_text()
+        edit = edits.pop(original.name.replace(".", "_"), None)
         if edit is not None:
             assert edit[0] in text
             text = text.replace(*edit)
         (folder / original.name).write_text(text)
+    assert not edits  # every edit found its file
     return folder / _loader.SOURCE.name
 
 
@@ -66,7 +68,7 @@ def test_the_header_declares_every_kernel_as_daelab_calls_it():
 
 def test_a_definition_that_differs_from_its_prototype_does_not_load(monkeypatch, tmp_path, caplog):
     # dropout_mask's count narrowed to 32 bits in the C file only: the compiler rejects it
-    source = _copy_source(tmp_path, edit_c=("int dropout_mask(uint64_t seed, uint32_t stream, int64_t n,",
+    source = _copy_source(tmp_path, _fused_c=("int dropout_mask(uint64_t seed, uint32_t stream, int64_t n,",
                                             "int dropout_mask(uint64_t seed, uint32_t stream, int32_t n,"))
     warning = _load_with_one_warning(monkeypatch, tmp_path, caplog, source)
     assert "fused CPU kernels unavailable" in warning
@@ -74,7 +76,7 @@ def test_a_definition_that_differs_from_its_prototype_does_not_load(monkeypatch,
 
 
 def test_a_kernel_missing_from_the_header_does_not_load(monkeypatch, tmp_path, caplog):
-    source = _copy_source(tmp_path, edit_c=("/* dst (bf16) = src (fp32)", "int extra_kernel(void) { return 0; }\n/*"))
+    source = _copy_source(tmp_path, _fused_c=("/* dst (bf16) = src (fp32)", "int extra_kernel(void) { return 0; }\n/*"))
     warning = _load_with_one_warning(monkeypatch, tmp_path, caplog, source)
     assert "extra_kernel" in warning
 
@@ -87,14 +89,14 @@ def test_a_changed_prototype_is_refused_though_it_builds(monkeypatch, tmp_path, 
                    "                       float *dbias);",
                    "int64_t mask_row_stride,\n                       int64_t mask_seed_stride,\n"
                    "                       float *dbias);")
-    source = _copy_source(tmp_path, edit_c=swap, edit_h=header_swap)
+    source = _copy_source(tmp_path, _classifier_c=swap, _fused_h=header_swap)
     warning = _load_with_one_warning(monkeypatch, tmp_path, caplog, source)
     assert len(list((tmp_path / "cache" / "kernels").glob("fused-*.so"))) == 1  # it did build
     assert "relu_mask_backward is declared as" in warning and "but daelab calls it with" in warning
 
 
 def test_a_library_built_from_another_header_is_refused(tmp_path):
-    source = _copy_source(tmp_path, edit_h=("#endif\n", "/* another revision */\n#endif\n"))
+    source = _copy_source(tmp_path, _fused_h=("#endif\n", "/* another revision */\n#endif\n"))
     library = _loader.build_kernels(source=source)
     assert _loader.open_kernels(library, source.with_name("_fused.h")).debug is False  # with its own header: fine
     with pytest.raises(_abi.KernelInterfaceError, match="built from another _fused.h"):

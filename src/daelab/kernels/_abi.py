@@ -1,7 +1,7 @@
 """The kernels' interface as Python sees it: ``_fused.h`` parsed into ctypes types and argument checks.
 
-``_fused.h`` is the one description of the C interface: ``_fused.c`` includes it (so the compiler
-rejects a definition that differs from it) and :func:`parse_header` reads it here for the ctypes
+``_fused.h`` is the one description of the C interface: ``_fused.c`` and ``_classifier.c`` include
+it (so the compiler rejects a definition that differs from it) and :func:`parse_header` reads it here for the ctypes
 argument types, the status codes and, from the comment after each array parameter, how many
 elements the kernel touches there and the range of the indices it holds. :data:`CALLS` is what
 daelab's callers pass, in order; :func:`check_calls` refuses a header whose prototypes say

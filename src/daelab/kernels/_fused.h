@@ -1,7 +1,8 @@
 /* The interface of daelab's fused CPU kernels: read by the C compiler and by the Python loader.
  *
- * _fused.c includes this file and is compiled with -Werror=missing-prototypes, so a kernel whose
- * definition differs from its prototype here, or that is not declared here, does not build.
+ * _fused.c (the MLP step) and _classifier.c (the probe classifier's step) include this file and are
+ * compiled with -Werror=missing-prototypes into one library, so a kernel whose definition differs
+ * from its prototype here, or that is not declared here, does not build.
  * daelab.kernels._abi parses this file for ctypes (types, parameter names) and for the checks the
  * Python side makes before each call: the comment after an array parameter gives how many elements
  * the kernel touches there, in the scalar parameters' terms, then optionally "; in [lo, hi)" (the
@@ -26,6 +27,13 @@ enum daelab_status {
     DAELAB_NULL_ARRAY = 3,  /* a required array is NULL */
     DAELAB_BAD_INDEX = 4,   /* an index (a row number, a label) is outside its range */
 };
+
+/* A kernel's first lines: return `status` unless `ok`. The checks come before any work, so a
+ * refused call leaves every output as it was. */
+#define DAELAB_REQUIRE(ok, status) \
+    do { \
+        if (!(ok)) return (status); \
+    } while (0)
 
 /* The largest hidden width and class count classifier_tail has room for (its per-copy arrays). */
 #define DAELAB_TAIL_MAX_HIDDEN 256

@@ -1,8 +1,8 @@
 """Building, caching and loading the C kernels, and the helpers every caller of them uses.
 
-``_fused.c`` is compiled on first use with the system C compiler into the user cache
-(``$DAELAB_CACHE`` or ``~/.cache/daelab``) and loaded with ctypes: no build step at install time and
-no PyTorch headers, so it compiles in about a second. :func:`load_kernels` returns the library as
+``_fused.c`` and ``_classifier.c`` are compiled on first use with the system C compiler into one
+library in the user cache (``$DAELAB_CACHE`` or ``~/.cache/daelab``) and loaded with ctypes: no build
+step at install time and no PyTorch headers, so it compiles in seconds. :func:`load_kernels` returns the library as
 :class:`Kernels` -- one checked :class:`~daelab.kernels._abi.Kernel` per C function, typed from
 ``_fused.h`` -- or None, with one warning, where there is no compiler or the library is not the
 interface daelab's callers are written for; training then uses PyTorch's ops. With
@@ -29,8 +29,9 @@ from daelab.kernels._abi import Kernel, KernelInterfaceError, check_calls, parse
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("_fused.c")
+SOURCE = Path(__file__).with_name("_fused.c")  # the MLP step's kernels; the other files are found beside it
 HEADER = SOURCE.with_name("_fused.h")
+_SOURCE_NAMES = ("_fused.c", "_classifier.c")
 # -Werror=missing-prototypes: a kernel not declared in _fused.h does not build (warnings change no code)
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11", "-Werror=missing-prototypes"]
 DEBUG_FLAGS = ["-O1", "-g", "-DDAELAB_DEBUG"]  # in place of -O3
@@ -68,7 +69,7 @@ def compile_flags(debug: bool = False) -> list[str]:
 
 def build_kernels(compiler: str | None = None, debug: bool = False, source: Path | None = None,
                   extra_flags: tuple[str, ...] = ()) -> Path:
-    """Compile ``_fused.c`` into the cache (once per source, header, compiler, flags and CPU); the library's path.
+    """Compile the kernels into the cache (once per source, header, compiler, flags and CPU); the library's path.
 
     Compiles and links in two steps so that ``-ffast-math`` (needed for vectorised log/sin/cos)
     does not link GCC's crtfastmath, which would switch the whole process to flush-to-zero.
@@ -78,7 +79,7 @@ def build_kernels(compiler: str | None = None, debug: bool = False, source: Path
     ----------
     compiler : the C compiler; default ``$CC`` or ``cc``.
     debug : the debug build (``fused-debug-*.so``), whose kernels check every index in C.
-    source : the C file (default :data:`SOURCE`); its header ``_fused.h`` is the one beside it.
+    source : ``_fused.c`` (default :data:`SOURCE`); ``_classifier.c`` and ``_fused.h`` are the ones beside it.
     extra_flags : appended to the flags (``-march=x86-64`` builds the portable scalar path).
 
     Raises
@@ -89,10 +90,11 @@ def build_kernels(compiler: str | None = None, debug: bool = False, source: Path
     if shutil.which(compiler) is None:
         raise OSError(f"no C compiler {compiler!r} on PATH")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    sources = [source.with_name(name) for name in _SOURCE_NAMES]
     header = source.with_name(HEADER.name).read_bytes()
     flags = compile_flags(debug) + list(extra_flags)
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), header, version.encode(), " ".join(flags).encode(),
-                                     _cpu_id().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join([*(s.read_bytes() for s in sources), header, version.encode(),
+                                     " ".join(flags).encode(), _cpu_id().encode()])).hexdigest()[:16]
     flavour = "fused-debug" if debug else "fused"
     target = cache_dir() / f"{flavour}-{key}.so"
     if target.exists():
@@ -100,10 +102,11 @@ def build_kernels(compiler: str | None = None, debug: bool = False, source: Path
     target.parent.mkdir(parents=True, exist_ok=True)
     stamp = f'-DDAELAB_HEADER_SHA256="{hashlib.sha256(header).hexdigest()}"'
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        obj, lib = Path(tmp) / "fused.o", Path(tmp) / "fused.so"
-        subprocess.run([compiler, *flags, stamp, "-c", str(source), "-o", str(obj)],
-                       capture_output=True, text=True, check=True)
-        subprocess.run([compiler, "-shared", "-fopenmp", str(obj), "-o", str(lib), "-lm"],
+        objects, lib = [Path(tmp) / f"{s.stem}.o" for s in sources], Path(tmp) / "fused.so"
+        for file, obj in zip(sources, objects):
+            subprocess.run([compiler, *flags, stamp, "-c", str(file), "-o", str(obj)],
+                           capture_output=True, text=True, check=True)
+        subprocess.run([compiler, "-shared", "-fopenmp", *map(str, objects), "-o", str(lib), "-lm"],
                        capture_output=True, text=True, check=True)
         os.replace(lib, target)  # atomic: a concurrent build or a crash never leaves half a library
     for old in target.parent.glob(f"{flavour}-{'?' * 16}.so"):  # older sources (a process using one keeps it)
