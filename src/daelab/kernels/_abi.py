@@ -296,7 +296,7 @@ class Kernel:
             return
         root_start = root.data_ptr()
         root_end = root_start + root.numel() * root.element_size()
-        if root.is_contiguous() and root_start <= start and end <= root_end:
+        if root.dtype == tensor.dtype and root.is_contiguous() and root_start <= start and end <= root_end:
             values, span = root, (root_start, root_end)  # the whole epoch's indices, checked once
         else:
             values = tensor.new_empty(0).set_(tensor.untyped_storage(), tensor.storage_offset(), (count,), (1,))

@@ -144,10 +144,11 @@ class Kernels:
             function = getattr(cdll, name)
             function.argtypes, function.restype = [p.ctype for p in prototype.params], prototype.restype
             self.kernels[name] = Kernel(function, prototype, interface.statuses)
-        if set(self.kernels) & set(vars(self)):
-            raise KernelInterfaceError(f"a kernel is named like an attribute of Kernels: {sorted(self.kernels)}")
-        vars(self).update(self.kernels)
         self.trusted = SimpleNamespace(**{name: kernel.call for name, kernel in self.kernels.items()})
+        clashes = set(self.kernels) & (set(vars(self)) | set(dir(type(self))))
+        if clashes:
+            raise KernelInterfaceError(f"kernels named like attributes of Kernels: {sorted(clashes)}")
+        vars(self).update(self.kernels)
 
     def __repr__(self) -> str:
         return f"Kernels({str(self.path)!r}, debug={self.debug})"
