@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -110,6 +111,11 @@ class RunLock:
             raise self._in_use()
 
     def acquire(self) -> "RunLock":
+        """Take the lock, or raise ``RunLockedError`` (a live owner) or ``UsageError`` (cannot write here).
+
+        Creating the lock file is the first write into the run directory, so it is also the check that
+        the directory is writable: a read-only one fails here, before any data is read.
+        """
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -118,6 +124,9 @@ class RunLock:
                     raise self._in_use() from None
                 self.path.unlink(missing_ok=True)  # stale: its process died
                 continue
+            except OSError as exc:  # read-only directory or file system, no permission, not a directory
+                raise UsageError(f"cannot write to run directory {self.path.parent}: {exc.strerror or exc}",
+                                 "make it writable, or copy the run to a writable place and use that") from None
             with os.fdopen(fd, "w") as handle:
                 handle.write(f"{socket.gethostname()} {os.getpid()}\n")
             self.held = True
@@ -134,6 +143,111 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+# ------------------------------------------------------------------ opening a directory for a new run
+# The files training writes (each through a temp file ".NAME.XXXXXXXX.tmp", see
+# daelab.checkpoint.atomic_write, or ".best.pt.link.tmp" for the hard link of save_checkpoints).
+TRAINING_FILES = (LAST, BEST, METRICS_FILE, CONFIG_FILE)
+# What the later stages write beside them (daelab.evaluate, daelab.probe, daelab.report): after a
+# new training run they would describe a model that is gone.
+STAGE_FILES = ("evaluation.json", "evaluation.md", "probe.json", "probe.md", "report.html", "report.md")
+# Also removed by an overwrite: the loss curve, the stage folders, and reproduce's stage record.
+OTHER_OUTPUTS = ("loss_curve.png", "reproduce.json")
+OUTPUT_TREES = ("tensorboard", "figures")
+
+
+def make_run_dir(run_dir: str | os.PathLike) -> Path:
+    """Create ``run_dir`` (and its parents) if needed.
+
+    Parameters
+    ----------
+    run_dir : str or PathLike
+        The run directory.
+
+    Returns
+    -------
+    Path
+        ``run_dir``; a ``UsageError`` naming the reason when it cannot be created.
+    """
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create run directory {run_dir}: {exc.strerror or exc}",
+                         "choose another --run-dir") from None
+    return run_dir
+
+
+def remove_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp files a killed training process left of the files training writes.
+
+    Call it holding the :class:`RunLock`: only then is no live process writing them (a second
+    ``train`` that cleaned up before taking the lock deleted the first one's checkpoint mid-write).
+    The temp files of other stages' outputs are left alone: those stages do not take the lock.
+
+    Parameters
+    ----------
+    run_dir : str or PathLike
+        The run directory.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    removed = []
+    for name in TRAINING_FILES:
+        for stale in Path(run_dir).glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+def holds_run(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds results of a training run: a checkpoint, metrics or a later stage's output.
+
+    A directory with only ``config.json`` (a run killed before its first checkpoint) or only
+    ``reproduce.json`` (a reproduction not yet past its first checkpoint) has nothing to lose.
+
+    Parameters
+    ----------
+    run_dir : str or PathLike
+        The run directory.
+
+    Returns
+    -------
+    bool
+        True when a new run there would replace results.
+    """
+    return any((Path(run_dir) / name).exists() for name in (LAST, BEST, METRICS_FILE) + STAGE_FILES)
+
+
+def claim_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Ready ``run_dir`` for a new run: refuse one holding a run, or with ``overwrite`` remove its outputs.
+
+    Call it holding the :class:`RunLock`, so no live process is writing what is removed.
+
+    Parameters
+    ----------
+    run_dir : str or PathLike
+        The run directory (existing).
+    overwrite : bool
+        Remove the old run's checkpoints, metrics, TensorBoard events, figures and the later stages'
+        outputs instead of refusing.
+    """
+    run_dir = Path(run_dir)
+    if not holds_run(run_dir):
+        return
+    if not overwrite:
+        raise UsageError(f"{run_dir} already holds a training run",
+                         f"continue it with 'daelab train --resume {run_dir}', replace it with --overwrite, "
+                         "or choose another --run-dir")
+    for name in TRAINING_FILES + STAGE_FILES + OTHER_OUTPUTS:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in OUTPUT_TREES:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
 
 
 def checkpoint_path(run_dir: str | os.PathLike, which: str = "best") -> Path:
