@@ -49,3 +49,27 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def png_bytes(width: int, height: int, bit_depth: int = 8, colour_type: int = 0, pixels: bytes | None = None,
+              idat: bytes | None = None) -> bytes:
+    """A PNG written by hand, so tests can make what Pillow will not: 16-bit colour, or a header
+    claiming any size over a tiny (or absent) payload. ``pixels`` are the raw rows without filter
+    bytes; ``idat`` replaces the compressed stream outright."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    if idat is None:
+        row = width * {0: 1, 2: 3, 4: 2, 6: 4}[colour_type] * bit_depth // 8
+        idat = zlib.compress(b"".join(b"\0" + pixels[i * row:(i + 1) * row] for i in range(height)))
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session")
+def make_png():
+    """:func:`png_bytes`, for tests (and hypothesis tests, which cannot import conftest)."""
+    return png_bytes
