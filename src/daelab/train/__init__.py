@@ -1,25 +1,26 @@
 """Training: fit a DAE into a run directory, crash-safe and resumable.
 
 :func:`fit` is the driver; :class:`TrainConfig` holds every setting (the defaults are the study's).
-``_fit`` holds the loop and its steps, ``_precision`` the fp32 and bf16-shadow weight policies.
+``_config`` holds the settings and how ``auto`` resolves, ``_data`` the tensors training works on,
+``_steps`` the training step (:class:`StepPolicy`, :func:`train_steps`, validation), ``_precision``
+the fp32 and bf16-shadow weight policies, ``_signals`` the Ctrl-C handling, and ``_fit`` the driver.
 """
-from daelab.train._fit import (
-    KERNELS,
-    PRECISIONS,
+from daelab.train._config import KERNELS, PRECISIONS, TrainConfig, resolve_device, resolve_precision
+from daelab.train._data import TrainData, prepare_data, usable_samples
+from daelab.train._fit import EpochTotals, FitSetup, FitState, fit, train_one_epoch
+from daelab.train._precision import WeightPolicy
+from daelab.train._signals import StopSignals
+from daelab.train._steps import (
+    StepPolicy,
     StepsResult,
-    TrainConfig,
-    TrainData,
+    TorchStep,
     evaluate_loss,
-    fit,
     make_optimizer,
     make_training_policy,
-    prepare_data,
-    resolve_device,
-    resolve_precision,
     train_steps,
-    usable_samples,
 )
 
-__all__ = ["KERNELS", "PRECISIONS", "StepsResult", "TrainConfig", "TrainData", "evaluate_loss", "fit",
+__all__ = ["KERNELS", "PRECISIONS", "EpochTotals", "FitSetup", "FitState", "StepPolicy", "StepsResult",
+           "StopSignals", "TorchStep", "TrainConfig", "TrainData", "WeightPolicy", "evaluate_loss", "fit",
            "make_optimizer", "make_training_policy", "prepare_data", "resolve_device", "resolve_precision",
-           "train_steps", "usable_samples"]
+           "train_one_epoch", "train_steps", "usable_samples"]

@@ -1,268 +1,342 @@
-"""Training: the study's recipe as plain functions, fast on a CPU and exact on resume.
+"""The training driver: :func:`fit` reads top to bottom over named steps and two small dataclasses.
 
-``fit`` drives ``train_steps`` (a chunk of optimizer steps) and ``evaluate_loss`` (validation),
-checkpointing after every epoch (and every ``checkpoint_every`` steps when asked) so that a run
-killed at any moment resumes from the last checkpoint to the same weights an uninterrupted run
-reaches. Batches are index-selected from one float tensor in memory into a reused buffer and noise
-is drawn in place into another: no DataLoader, no per-batch allocation on the data path.
+:class:`FitSetup` holds what a run does not change once started (configs, model, optimizer, step
+policy, data, generator); :class:`FitState` what it moves (epoch, step within it, best validation
+loss, history, the epoch's running :class:`EpochTotals`) -- exactly what a checkpoint keeps. The
+steps: open the run directory (lock first, then clean up), set up (and restore a checkpoint),
+:func:`train_one_epoch`, validate, end the epoch (history, checkpoint, metrics), decide to stop.
+A checkpoint is written after every epoch (and every ``checkpoint_every`` steps when asked), so a
+run killed at any moment resumes from the last one to the same weights an uninterrupted run reaches.
 
 Randomness is explicit: the sample order of epoch e is a permutation drawn from ``seed + e`` (the
 same on every rank, like ``DistributedSampler.set_epoch``); one ``torch.Generator`` seeded
 ``seed + rank`` draws the training noise; dropout uses the global generator, seeded once; both
-generator states go into every checkpoint. The validation set's noise is drawn once from its own
-generator, so every epoch and every run of the same seed is judged on the same noisy images.
+generator states go into every checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from daelab import distributed as dist
 from daelab.checkpoint import BEST, LAST, load_checkpoint, save_checkpoints
 from daelab.config import to_jsonable
-from daelab.data import Dataset, load_dataset, to_tensor
-from daelab.errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
-from daelab.kernels.fused import make_fused
-from daelab.models import ModelConfig, build_model
-from daelab.noise import parse_noise
-from daelab.runs import CONFIG_FILE, RunLock, write_json, write_metrics
-from daelab.seeds import MODEL_INIT, TRAIN_NOISE, VALIDATION_NOISE
-from daelab.train._precision import make_policy
+from daelab.data import Dataset
+from daelab.errors import ConfigError, TrainingError, TrainingInterrupted
+from daelab.models import ModelConfig, build_model, example_input
+from daelab.noise import NoiseModel, parse_noise
+from daelab.runs import CONFIG_FILE, RunLock, claim_run_dir, make_run_dir, remove_temp_files, write_json, write_metrics
+from daelab.seeds import MODEL_INIT, TRAIN_NOISE
+from daelab.train._config import TrainConfig, resolve_device, resolve_precision
+from daelab.train._data import TrainData, prepare_data, usable_samples
+from daelab.train._precision import WeightPolicy
+from daelab.train._signals import StopSignals
+from daelab.train._steps import (
+    StepPolicy,
+    StepsResult,
+    evaluate_loss,
+    make_optimizer,
+    make_training_policy,
+    train_steps,
+)
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
-KERNELS = ("auto", "torch")
+# Healthy DAEs keep weights of order 1; a run whose weights pass this has blown up even where BatchNorm
+# and the sigmoid keep its loss finite (Adam at lr 1e3 does exactly that).
+DIVERGED_WEIGHT = 1e3
 
 
 @dataclass
-class TrainConfig:
-    """Training settings. The defaults reproduce the study (Adam 1e-3, MSE, batch 256, 100 epochs)."""
+class EpochTotals:
+    """What the steps of the current epoch add up to so far (a mid-epoch checkpoint keeps them)."""
 
-    epochs: int = field(default=100, metadata={"help": "number of epochs"})
-    batch_size: int = field(default=256, metadata={"help": "samples per optimizer step"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
-    noise: str = field(default="gaussian:0.1", metadata={"help": "training noise spec NAME:LEVEL", "metavar": "SPEC"})
-    seed: int = field(default=0, metadata={"help": "random seed (weights, order, noise, dropout)"})
-    subset: int | None = field(default=None, metadata={"help": "train on the first N training images only"})
-    val_split: float = field(default=0.0, metadata={
-        "help": "hold out this fraction of the training images for validation; 0 validates on the noisy "
-                "test set as the study did"})
-    val_subset: int | None = field(default=None, metadata={"help": "validate on the first N validation images only"})
-    early_stopping: int = field(default=0, metadata={"help": "stop after this many epochs without a better "
-                                                             "validation loss; 0 = off"})
-    precision: str = field(default="auto", metadata={"help": "matmul precision of the training step "
-                                                            "(bf16: bf16 weights for forward/backward, fp32 master "
-                                                            "weights, within 1%% of fp32 validation loss; auto: bf16 "
-                                                            "where the CPU/GPU has native bf16, else fp32)",
-                                                    "choices": PRECISIONS})
-    kernels: str = field(default="auto", metadata={
-        "help": "auto: bf16 MLP training on the CPU runs daelab's fused C kernels (compiled on first use, "
-                "~2x faster; PyTorch ops where no C compiler is found); torch: PyTorch ops only",
-        "choices": KERNELS})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (CUDA when present)"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = PyTorch's default"})
-    checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every N steps within an epoch; "
-                                                               "0 = at the end of each epoch only"})
-    data_dir: str | None = field(default=None, metadata={"help": "dataset directory or .npz (default: search "
-                                                                 "$DAELAB_DATA, the user cache, "
-                                                                 "/usr/share/datasets/fashion-mnist)",
-                                                         "metavar": "PATH"})
-    sync_bn: bool = field(default=False, metadata={"help": "under torchrun, synchronise BatchNorm statistics "
-                                                           "across processes"})
+    loss_sum: float = 0.0   # sum over samples of the per-sample MSE
+    samples: int = 0
+    seconds: float = 0.0
 
-    def __post_init__(self):
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 1, "batch-size must be >= 1"),
-            (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),
-            (self.subset is None or self.subset >= 1, "subset must be >= 1"),
-            (self.val_subset is None or self.val_subset >= 1, "val-subset must be >= 1"),
-            (0.0 <= self.val_split < 1.0, "val-split must be in [0, 1)"),
-            (self.early_stopping >= 0, "early-stopping must be >= 0"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-            (self.kernels in KERNELS, f"kernels must be one of {', '.join(KERNELS)}"),
-            (self.threads >= 0, "threads must be >= 0"),
-            (self.checkpoint_every >= 0, "checkpoint-every must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        parse_noise(self.noise)  # validates the spec early, with its own clear error
-
-
-# ----------------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else must name an available device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}", "use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
-    return device
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where matmuls have native bf16 (AVX-512 BF16/AMX CPUs, Ampere+ GPUs), else ``fp32``."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):
-        return "fp32"
-
-
-def check_finite(images: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(images).all():
-        raise ConfigError(f"{what} contain NaN or infinite values", "clean the data first")
+    def add(self, done: StepsResult) -> None:
+        """Add a chunk of steps."""
+        self.loss_sum, self.samples, self.seconds = (self.loss_sum + done.loss_sum, self.samples + done.samples,
+                                                     self.seconds + done.seconds)
 
 
 @dataclass
-class TrainData:
-    """Tensors the loop works on: clean training images, and the fixed noisy validation pair."""
+class FitState:
+    """Where a run stands: what a checkpoint saves and a resume restores."""
 
-    train: torch.Tensor       # (N, ...) clean, float32 in [0, 1]
-    val_clean: torch.Tensor   # (M, ...)
-    val_noisy: torch.Tensor   # (M, ...) one fixed noise draw
-
-
-def prepare_data(config: TrainConfig, layout: str, device: torch.device, dataset: Dataset | None = None) -> TrainData:
-    """Load, subset and split the data, and draw the fixed validation noise (stream ``VALIDATION_NOISE``)."""
-    dataset = dataset if dataset is not None else load_dataset(config.data_dir)
-    train = to_tensor(dataset.train_images[: config.subset], layout)
-    if config.val_split > 0:
-        n_val = max(1, int(round(len(train) * config.val_split)))
-        if n_val >= len(train):
-            raise ConfigError(f"val-split {config.val_split} leaves no training images out of {len(train)}")
-        train, val_clean = train[:-n_val], train[-n_val:]
-    else:
-        val_clean = to_tensor(dataset.test_images, layout)
-    val_clean = val_clean[: config.val_subset]
-    check_finite(train, "training images")
-    check_finite(val_clean, "validation images")
-    generator = VALIDATION_NOISE.generator(config.seed)
-    val_noisy = parse_noise(config.noise)(val_clean, generator)
-    return TrainData(train.to(device), val_clean.to(device), val_noisy.to(device))
-
-
-@torch.inference_mode()
-def evaluate_loss(model: torch.nn.Module, noisy: torch.Tensor, clean: torch.Tensor, batch_size: int = 4096) -> float:
-    """Mean squared error of ``model(noisy)`` against ``clean`` in eval mode (fp32), over all pixels."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=clean.device)
-    for start in range(0, len(clean), batch_size):
-        denoised = model(noisy[start:start + batch_size]).float()
-        total += F.mse_loss(denoised, clean[start:start + batch_size], reduction="sum").double()
-    model.train(was_training)
-    return float(total) / clean.numel()
-
-
-def usable_samples(n: int, batch_size: int) -> int:
-    """Samples an epoch can use: a last batch of one sample cannot be batch-normalised, so it sits out."""
-    return n - 1 if n > 1 and n % batch_size == 1 else n
+    epoch: int = 0                  # epochs finished
+    epoch_step: int = 0             # steps finished of the epoch after them
+    best: float = math.inf          # best validation loss so far
+    history: list[dict] = field(default_factory=list)   # one metrics row per finished epoch
+    totals: EpochTotals = field(default_factory=EpochTotals)
 
 
 @dataclass
-class StepsResult:
-    loss_sum: float   # sum over samples of the per-sample MSE
-    samples: int
-    steps: int
-    seconds: float
+class FitSetup:
+    """What a run works with and does not change: settings, model, optimizer, step policy, data."""
+
+    model_config: ModelConfig
+    config: TrainConfig
+    run_dir: Path
+    ctx: dist.DistContext
+    device: torch.device
+    model: torch.nn.Module            # the unwrapped model: the weights checkpointed and evaluated
+    optimizer: torch.optim.Optimizer
+    policy: StepPolicy | WeightPolicy  # a weight policy runs through TorchStep (see train_steps)
+    train_model: torch.nn.Module       # what the forward pass calls: the policy's module, or its DDP wrapper
+    generator: torch.Generator        # the training-noise stream
+    noise: NoiseModel
+    data: TrainData
+    n_local: int                      # samples this process uses per epoch
+    steps_per_epoch: int
 
 
-def train_steps(policy, optimizer, clean: torch.Tensor, order: torch.Tensor, noise, generator: torch.Generator,
-                config: TrainConfig, device: torch.device, start: int, stop: int,
-                stop_event: threading.Event | None = None, bar=None, forward=None) -> StepsResult:
-    """Run optimizer steps ``start .. stop-1`` of an epoch whose sample order is ``order``.
+def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, resume: bool = False,
+        dataset: Dataset | None = None, progress: bool = True, resume_hint: str | None = None,
+        overwrite: bool = False) -> dict:
+    """Train a DAE into ``run_dir`` (or continue the run there with ``resume``).
 
-    Each step index-selects its clean batch into a reused buffer, draws the noise in place into a
-    second one, and takes one Adam step on the MSE through the precision ``policy`` (see
-    :mod:`daelab.train._precision`); ``forward`` is the module to call (the policy's, or its DDP wrapper).
-    A fused policy (:mod:`daelab.kernels.fused`) runs the whole step itself.
-    Returns early (after finishing the current step) when ``stop_event`` is set.
+    Writes ``config.json``, ``last.pt``/``best.pt`` checkpoints, ``metrics.jsonl``, TensorBoard
+    events and ``loss_curve.png``. Under ``torchrun`` each process trains on its shard with DDP and
+    only rank 0 takes the run lock and writes. Stopped by SIGINT/SIGTERM, it checkpoints and raises
+    ``TrainingInterrupted``.
+
+    Parameters
+    ----------
+    model_config : ModelConfig
+        The architecture.
+    config : TrainConfig
+        The training settings.
+    run_dir : str or Path
+        The run directory; created if needed.
+    resume : bool
+        Continue from ``run_dir/last.pt``.
+    dataset : Dataset, optional
+        Images to train on instead of loading ``config.data_dir``.
+    progress : bool
+        Show a progress bar per epoch.
+    resume_hint : str, optional
+        The hint of ``TrainingInterrupted`` (default: ``daelab train --resume RUN_DIR``; a caller
+        that resumes otherwise says how).
+    overwrite : bool
+        Replace a run already in ``run_dir`` (removing its checkpoints, metrics and the later
+        stages' outputs); without it, and without ``resume``, such a directory is refused.
+
+    Returns
+    -------
+    dict
+        ``epochs_run``, ``best_val_loss``, ``final_val_loss``, ``history``, ``run_dir``, the trained
+        ``model`` (unwrapped, last epoch's weights), and this process's ``rank``/``world_size``.
     """
-    forward = forward or policy.module
-    forward.train()
-    fused = getattr(policy, "fused", False)
-    if fused:  # the C gather reads rows of one dense block (an F-ordered array from sklearn is not one)
-        clean = clean.contiguous()
-    batch_size = config.batch_size
-    if not fused:  # the fused step keeps its own batch buffers
-        clean_buf = torch.empty((batch_size,) + tuple(clean.shape[1:]), dtype=clean.dtype, device=device)
-        noisy_buf = torch.empty_like(clean_buf)
-        low = policy.dtype != clean.dtype
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    samples = steps = 0
-    began = time.perf_counter()
-    for step in range(start, stop):
-        index = order[step * batch_size:(step + 1) * batch_size]
-        n = len(index)
-        if fused:
-            loss = policy.step(clean, index, noise, generator)
-        else:
-            batch, noisy = clean_buf[:n], noisy_buf[:n]
-            torch.index_select(clean, 0, index, out=batch)
-            noise.apply_(batch, noisy, generator)
-            denoised = forward(noisy.to(policy.dtype) if low else noisy)
-            loss = F.mse_loss(denoised.float(), batch)
-            loss.backward()
-            policy.after_backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            policy.after_step()
-        loss_sum += loss.detach() * n
-        samples += n
-        steps += 1
-        if bar is not None:
-            bar.update(1)
-            if steps % 25 == 0:
-                bar.set_postfix(loss=f"{float(loss_sum) / samples:.5f}", refresh=False)
-        if stop_event is not None and stop_event.is_set():
-            break
-    return StepsResult(float(loss_sum), samples, steps, time.perf_counter() - began)
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other", "give only one of --resume and --overwrite")
+    run_dir = Path(run_dir)
+    ctx = dist.init(config.device)
+    device = ctx.device if ctx.enabled else resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    with _open_run(run_dir, ctx, resume, overwrite), StopSignals() as stop_event:
+        setup, state = _set_up(model_config, config, run_dir, ctx, device, dataset, resume)
+        hint = resume_hint or f"resume with: daelab train --resume {run_dir}"
+        with _tensorboard(run_dir, state.epoch, ctx) as writer:
+            while state.epoch < config.epochs:
+                totals = train_one_epoch(setup, state, stop_event, progress, hint)
+                row = _validate(setup, state, totals)
+                _end_epoch(setup, state, row, writer)
+                if _should_stop(config, state.history):
+                    break
+        if ctx.is_main:
+            from daelab.plots import plot_loss_curves
+            plot_loss_curves(state.history, run_dir / "loss_curve.png")
+    dist.cleanup(ctx)
+    history = state.history
+    return {"run_dir": str(run_dir), "epochs_run": len(history), "best_val_loss": state.best,
+            "final_val_loss": history[-1]["val_loss"] if history else None, "history": history,
+            "model": setup.model, "rank": ctx.rank, "world_size": ctx.world_size}
 
 
-class StopSignals:
-    """Turn SIGINT/SIGTERM into an event the loop checks after each step (main thread only)."""
+# ------------------------------------------------------------------------------------ the steps
+@contextlib.contextmanager
+def _open_run(run_dir: Path, ctx: dist.DistContext, resume: bool, overwrite: bool):
+    """Create and lock ``run_dir`` (rank 0 only); then, holding the lock, claim it and clean up.
 
-    def __init__(self):
-        self.event = threading.Event()
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        if self.event.is_set():  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        log.warning("%s received: finishing the current step and writing a checkpoint",
-                    signal.Signals(signum).name)
-        self.event.set()
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self.event
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    The lock comes first: before it, another process may be training here, and its temp files are
+    its checkpoint being written, not debris.
+    """
+    if not ctx.is_main:
+        yield
+        return
+    make_run_dir(run_dir)
+    with RunLock(run_dir):
+        if not resume:
+            claim_run_dir(run_dir, overwrite)
+        remove_temp_files(run_dir)  # of writes a killed run cut short
+        yield
 
 
+def _set_up(model_config: ModelConfig, config: TrainConfig, run_dir: Path, ctx: dist.DistContext,
+            device: torch.device, dataset: Dataset | None, resume: bool) -> tuple[FitSetup, FitState]:
+    """Build the model, data, optimizer and step policy, restore a checkpoint, and write ``config.json``.
+
+    The order is the random draws' order: the model's initial weights come from the global RNG
+    seeded ``MODEL_INIT``, then the validation noise (its own stream), then the training-noise
+    generator; a resume then replaces the generators' states with the checkpoint's.
+    """
+    checkpoint = load_checkpoint(run_dir / LAST, expect_model=model_config.name) if resume else None
+    torch.manual_seed(MODEL_INIT.seed(config.seed))
+    model = build_model(model_config).to(device)
+    data = prepare_data(config, model.input_layout, device, dataset, tuple(example_input(model, 1).shape[1:]))
+    optimizer = make_optimizer(model, config)
+    generator = TRAIN_NOISE.generator(config.seed, ctx.rank, device)
+    state = _restore(checkpoint, model, optimizer, generator, device, run_dir) if checkpoint else FitState()
+    policy = make_training_policy(model, optimizer, config, device, ctx.enabled)  # after loading: bf16 copies
+    if ctx.is_main:
+        write_json(run_dir / CONFIG_FILE, {"model": to_jsonable(model_config), "train": to_jsonable(config),
+                                           "precision": resolve_precision(config.precision, device),
+                                           "kernels": "fused" if getattr(policy, "fused", False) else "torch",
+                                           "device": str(device), "world_size": ctx.world_size})
+    n_local = usable_samples(dist.shard_size(len(data.train), ctx), config.batch_size)
+    setup = FitSetup(model_config, config, run_dir, ctx, device, model, optimizer, policy,
+                     dist.wrap_model(policy.module, ctx, config.sync_bn), generator, parse_noise(config.noise), data,
+                     n_local, math.ceil(n_local / config.batch_size))
+    return setup, state
+
+
+def _restore(checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             generator: torch.Generator, device: torch.device, run_dir: Path) -> FitState:
+    """Load a checkpoint's weights, Adam state and generator states; return where it stood."""
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    _set_rng_state(checkpoint["rng"], generator, device)
+    state = FitState(checkpoint["epoch"], checkpoint["epoch_step"], checkpoint["best_metric"],
+                     list(checkpoint["history"]))
+    if state.epoch_step:
+        state.totals = EpochTotals(*checkpoint["epoch_acc"])
+    log.info("resuming %s at epoch %d step %d", run_dir, state.epoch + 1, state.epoch_step)
+    return state
+
+
+def train_one_epoch(setup: FitSetup, state: FitState, stop_event: threading.Event, progress: bool,
+                    resume_hint: str) -> dict[str, float]:
+    """Train epoch ``state.epoch`` from step ``state.epoch_step`` to its end, checkpointing as configured.
+
+    Parameters
+    ----------
+    setup : FitSetup
+        The run.
+    state : FitState
+        Advanced in place: ``epoch_step`` and ``totals`` (``epoch`` is left to the epoch's end).
+    stop_event : threading.Event
+        Set by SIGINT/SIGTERM: checkpoint and raise ``TrainingInterrupted`` after the current step.
+    progress : bool
+        Show a progress bar.
+    resume_hint : str
+        The interrupt's hint.
+
+    Returns
+    -------
+    dict
+        ``train_loss`` (mean over samples, averaged over ranks) and ``epoch_seconds`` (slowest rank).
+    """
+    config, ctx = setup.config, setup.ctx
+    order = dist.epoch_order(len(setup.data.train), config.seed, state.epoch, ctx, setup.device)[:setup.n_local]
+    if state.epoch_step == 0:
+        state.totals = EpochTotals()
+    with tqdm(total=setup.steps_per_epoch, initial=state.epoch_step, desc=f"epoch {state.epoch + 1}/{config.epochs}",
+              unit="batch", leave=False, disable=not (progress and ctx.is_main), dynamic_ncols=True) as bar:
+        while state.epoch_step < setup.steps_per_epoch:
+            done = train_steps(setup.policy, setup.optimizer, setup.data.train, order, setup.noise, setup.generator,
+                               config, setup.device, state.epoch_step, _chunk_end(setup, state.epoch_step),
+                               None if ctx.enabled else stop_event, bar, setup.train_model)
+            state.epoch_step += done.steps
+            state.totals.add(done)
+            if not math.isfinite(state.totals.loss_sum):
+                raise TrainingError(f"training loss became non-finite in epoch {state.epoch + 1}",
+                                    f"the last good checkpoint is kept in {setup.run_dir}; try a lower --lr")
+            # under DDP every rank finishes the chunk before they agree to stop (no rank may skip a step)
+            if dist.any_true(stop_event.is_set(), ctx):
+                bar.close()
+                _checkpoint(setup, state, [LAST])
+                raise TrainingInterrupted(f"stopped at epoch {state.epoch + 1}, step {state.epoch_step}; "
+                                          f"checkpoint written to {setup.run_dir / LAST}", resume_hint)
+            if state.epoch_step < setup.steps_per_epoch:
+                _checkpoint(setup, state, [LAST])
+    dist.broadcast_buffers(setup.model, ctx)
+    train_loss = dist.all_reduce_mean(state.totals.loss_sum / max(state.totals.samples, 1), ctx)
+    return {"train_loss": train_loss, "epoch_seconds": dist.all_reduce_max(state.totals.seconds, ctx)}
+
+
+def _chunk_end(setup: FitSetup, epoch_step: int) -> int:
+    """The step the next chunk stops before: the epoch's end, or the next ``checkpoint_every`` boundary."""
+    every = setup.config.checkpoint_every
+    if not every:
+        return setup.steps_per_epoch
+    return min(setup.steps_per_epoch, (epoch_step // every + 1) * every)
+
+
+def _validate(setup: FitSetup, state: FitState, totals: dict[str, float]) -> dict:
+    """The epoch's metrics row, after checking that training has not diverged."""
+    train_loss, seconds = totals["train_loss"], totals["epoch_seconds"]
+    val_loss = evaluate_loss(setup.model, setup.data.val_noisy, setup.data.val_clean)
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)) or not _params_healthy(setup.model):
+        raise TrainingError(f"training diverged in epoch {state.epoch + 1} (train loss {train_loss:.4g}, "
+                            f"validation loss {val_loss:.4g}, weights non-finite or past {DIVERGED_WEIGHT:g})",
+                            f"the last good checkpoint is kept in {setup.run_dir}; try a lower --lr")
+    return {"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "epoch_seconds": seconds,
+            "samples_per_s": len(setup.data.train) / seconds if seconds else None, "lr": setup.config.lr}
+
+
+def _end_epoch(setup: FitSetup, state: FitState, row: dict, writer) -> None:
+    """Record the finished epoch: history, checkpoint (``best.pt`` too when it improved), metrics, TensorBoard."""
+    state.history.append(row)
+    state.epoch, state.epoch_step = state.epoch + 1, 0
+    improved = row["val_loss"] < state.best
+    state.best = min(state.best, row["val_loss"])
+    _checkpoint(setup, state, [LAST, BEST] if improved else [LAST])
+    if setup.ctx.is_main:
+        write_metrics(setup.run_dir, state.history)
+        scalars = {"train/loss": row["train_loss"], "val/loss": row["val_loss"],
+                   "time/epoch_seconds": row["epoch_seconds"], "time/samples_per_s": row["samples_per_s"] or 0.0}
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, state.epoch)
+        writer.flush()
+    log.info("epoch %d/%d  train_loss %.5f  val_loss %.5f  %.2fs  %.0f samples/s", state.epoch, setup.config.epochs,
+             row["train_loss"], row["val_loss"], row["epoch_seconds"], row["samples_per_s"] or 0)
+
+
+def _should_stop(config: TrainConfig, history: list[dict]) -> bool:
+    """Early stopping: ``config.early_stopping`` epochs in a row without a better validation loss."""
+    bad_epochs = _epochs_without_improvement(history)
+    if config.early_stopping and bad_epochs >= config.early_stopping:
+        log.info("early stopping: no better validation loss for %d epochs", bad_epochs)
+        return True
+    return False
+
+
+def _checkpoint(setup: FitSetup, state: FitState, names: list[str]) -> None:
+    """Write the run's state to ``names`` in the run directory (rank 0 only; one write, hard links)."""
+    if not setup.ctx.is_main:
+        return
+    payload = {
+        "model_config": to_jsonable(setup.model_config), "train_config": to_jsonable(setup.config),
+        "model": setup.model.state_dict(), "optimizer": setup.optimizer.state_dict(),
+        "epoch": state.epoch, "epoch_step": state.epoch_step,
+        "step": state.epoch * setup.steps_per_epoch + state.epoch_step,
+        "epoch_acc": [state.totals.loss_sum, state.totals.samples, state.totals.seconds] if state.epoch_step else None,
+        "rng": _rng_state(setup.generator, setup.device), "best_metric": state.best, "history": state.history,
+    }
+    save_checkpoints([setup.run_dir / name for name in names], payload)
+
+
+# ------------------------------------------------------------------------------------ helpers
 def _rng_state(generator: torch.Generator, device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if device.type == "cuda":
@@ -277,195 +351,29 @@ def _set_rng_state(state: dict, generator: torch.Generator, device: torch.device
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def make_training_policy(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                         device: torch.device, distributed: bool = False):
-    """How the training step runs: daelab's fused kernels where they apply, else a precision policy.
-
-    Fused: bf16, ``--kernels auto``, one process, a CPU, an MLP of the study's shape and a C compiler
-    (see :func:`daelab.kernels.fused.make_fused`). Otherwise PyTorch's ops through
-    :func:`daelab.train._precision.make_policy`. Call after loading a checkpoint: the bf16 copies are taken then.
-    """
-    precision = resolve_precision(config.precision, device)
-    if precision == "bf16" and config.kernels == "auto" and not distributed:
-        policy = make_fused(model, optimizer, device)
-        if policy is not None:
-            return policy
-    return make_policy(model, precision)
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam with PyTorch's fused kernel where it has one (CPU and CUDA), else foreach."""
-    try:
-        return torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
-
-
-# -------------------------------------------------------------------------------------- fit
-def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, resume: bool = False,
-        dataset: Dataset | None = None, progress: bool = True, resume_hint: str | None = None) -> dict:
-    """Train a DAE into ``run_dir`` (or continue the run there with ``resume``).
-
-    Writes ``config.json``, ``last.pt``/``best.pt`` checkpoints, ``metrics.jsonl``, TensorBoard
-    events and ``loss_curve.png``. Under ``torchrun`` each process trains on its shard with DDP and
-    only rank 0 writes. Stopped by SIGINT/SIGTERM, it checkpoints and raises ``TrainingInterrupted``
-    whose hint is ``resume_hint`` (default: ``daelab train --resume RUN_DIR``; a caller that resumes
-    otherwise says how).
-
-    Returns
-    -------
-    dict with ``epochs_run``, ``best_val_loss``, ``final_val_loss``, ``history``, ``run_dir``, the
-    trained ``model`` (unwrapped, last epoch's weights), and this process's ``rank``/``world_size``.
-    """
-    run_dir = Path(run_dir)
-    ctx = dist.init(config.device)
-    device = ctx.device if ctx.enabled else resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if ctx.is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create run directory {run_dir}: {exc.strerror or exc}",
-                             "choose another --run-dir") from None
-        for stale in run_dir.glob(".*.pt.*.tmp"):  # temp files of checkpoint writes a crash cut short
-            stale.unlink(missing_ok=True)
-    lock = RunLock(run_dir) if ctx.is_main else contextlib.nullcontext()
-    with lock, StopSignals() as stop_event:
-        state = load_checkpoint(run_dir / LAST, expect_model=model_config.name) if resume else None
-        torch.manual_seed(MODEL_INIT.seed(config.seed))
-        model = build_model(model_config).to(device)
-        data = prepare_data(config, model.input_layout, device, dataset)
-        optimizer = make_optimizer(model, config)
-        generator = TRAIN_NOISE.generator(config.seed, ctx.rank, device)
-        history: list[dict] = []
-        epoch, epoch_step, epoch_acc = 0, 0, [0.0, 0, 0.0]
-        best = math.inf
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"], generator, device)
-            epoch, epoch_step, history = state["epoch"], state["epoch_step"], list(state["history"])
-            best = state["best_metric"]
-            if epoch_step:
-                epoch_acc = list(state["epoch_acc"])
-            log.info("resuming %s at epoch %d step %d", run_dir, epoch + 1, epoch_step)
-        policy = make_training_policy(model, optimizer, config, device, ctx.enabled)  # after loading
-        if ctx.is_main:
-            write_json(run_dir / CONFIG_FILE, {"model": to_jsonable(model_config), "train": to_jsonable(config),
-                                               "precision": resolve_precision(config.precision, device),
-                                               "kernels": "fused" if getattr(policy, "fused", False) else "torch",
-                                               "device": str(device), "world_size": ctx.world_size})
-        train_model = dist.wrap_model(policy.module, ctx, config.sync_bn)
-        noise = parse_noise(config.noise)
-        n_local = usable_samples(dist.shard_size(len(data.train), ctx), config.batch_size)
-        steps_per_epoch = math.ceil(n_local / config.batch_size)
-        writer = _tensorboard(run_dir, epoch, ctx)
-        bad_epochs = _epochs_without_improvement(history)
-
-        def checkpoint(path_names):
-            if not ctx.is_main:
-                return
-            mid = epoch_step > 0
-            payload = {
-                "model_config": to_jsonable(model_config), "train_config": to_jsonable(config),
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch, "epoch_step": epoch_step, "step": epoch * steps_per_epoch + epoch_step,
-                "epoch_acc": epoch_acc if mid else None,
-                "rng": _rng_state(generator, device), "best_metric": best, "history": history,
-            }
-            save_checkpoints([run_dir / name for name in path_names], payload)
-
-        try:
-            while epoch < config.epochs:
-                order = dist.epoch_order(len(data.train), config.seed, epoch, ctx, device)[:n_local]
-                if epoch_step == 0:
-                    epoch_acc = [0.0, 0, 0.0]
-                bar = tqdm(total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                           unit="batch", leave=False, disable=not (progress and ctx.is_main), dynamic_ncols=True)
-                while epoch_step < steps_per_epoch:
-                    stop_at = steps_per_epoch
-                    if config.checkpoint_every:
-                        stop_at = min(stop_at, (epoch_step // config.checkpoint_every + 1) * config.checkpoint_every)
-                    done = train_steps(policy, optimizer, data.train, order, noise, generator, config, device,
-                                       epoch_step, stop_at, None if ctx.enabled else stop_event, bar, train_model)
-                    epoch_step += done.steps
-                    epoch_acc = [epoch_acc[0] + done.loss_sum, epoch_acc[1] + done.samples, epoch_acc[2] + done.seconds]
-                    if not math.isfinite(epoch_acc[0]):
-                        raise TrainingError(f"training loss became non-finite in epoch {epoch + 1}",
-                                            f"the last good checkpoint is kept in {run_dir}; try a lower --lr")
-                    # under DDP every rank finishes the chunk before they agree to stop (no rank may skip a step)
-                    if dist.any_true(stop_event.is_set(), ctx):
-                        bar.close()
-                        checkpoint([LAST])
-                        raise TrainingInterrupted(f"stopped at epoch {epoch + 1}, step {epoch_step}; checkpoint "
-                                                  f"written to {run_dir / LAST}",
-                                                  resume_hint or f"resume with: daelab train --resume {run_dir}")
-                    if epoch_step < steps_per_epoch:
-                        checkpoint([LAST])
-                bar.close()
-                dist.broadcast_buffers(model, ctx)
-                train_loss = dist.all_reduce_mean(epoch_acc[0] / max(epoch_acc[1], 1), ctx)
-                val_loss = evaluate_loss(model, data.val_noisy, data.val_clean)
-                if not (math.isfinite(train_loss) and math.isfinite(val_loss)) or not _params_healthy(model):
-                    raise TrainingError(f"training diverged in epoch {epoch + 1} (train loss {train_loss:.4g}, "
-                                        f"validation loss {val_loss:.4g}, weights non-finite or past "
-                                        f"{DIVERGED_WEIGHT:g})",
-                                        f"the last good checkpoint is kept in {run_dir}; try a lower --lr")
-                seconds = dist.all_reduce_max(epoch_acc[2], ctx)
-                row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "epoch_seconds": seconds,
-                       "samples_per_s": len(data.train) / seconds if seconds else None, "lr": config.lr}
-                history.append(row)
-                epoch, epoch_step = epoch + 1, 0
-                improved = val_loss < best
-                best = min(best, val_loss)
-                checkpoint([LAST, BEST] if improved else [LAST])
-                if ctx.is_main:
-                    write_metrics(run_dir, history)
-                    scalars = {"train/loss": train_loss, "val/loss": val_loss, "time/epoch_seconds": seconds,
-                               "time/samples_per_s": row["samples_per_s"] or 0.0}
-                    for tag, value in scalars.items():
-                        writer.add_scalar(tag, value, epoch)
-                    writer.flush()
-                log.info("epoch %d/%d  train_loss %.5f  val_loss %.5f  %.2fs  %.0f samples/s", epoch, config.epochs,
-                         train_loss, val_loss, seconds, row["samples_per_s"] or 0)
-                bad_epochs = 0 if improved else bad_epochs + 1
-                if config.early_stopping and bad_epochs >= config.early_stopping:
-                    log.info("early stopping: no better validation loss for %d epochs", bad_epochs)
-                    break
-        finally:
-            if writer is not None:
-                writer.close()
-        if ctx.is_main:
-            from daelab.plots import plot_loss_curves
-            plot_loss_curves(history, run_dir / "loss_curve.png")
-    dist.cleanup(ctx)
-    return {"run_dir": str(run_dir), "epochs_run": len(history), "best_val_loss": best,
-            "final_val_loss": history[-1]["val_loss"] if history else None, "history": history,
-            "model": model, "rank": ctx.rank, "world_size": ctx.world_size}
-
-
-# Healthy DAEs keep weights of order 1; a run whose weights pass this has blown up even where BatchNorm
-# and the sigmoid keep its loss finite (Adam at lr 1e3 does exactly that).
-DIVERGED_WEIGHT = 1e3
-
-
 @torch.no_grad()
 def _params_healthy(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) and float(p.abs().max()) < DIVERGED_WEIGHT for p in model.parameters())
 
 
 def _epochs_without_improvement(history: list[dict]) -> int:
-    """Epochs since the best validation loss so far (for early stopping after a resume)."""
+    """Epochs since the best validation loss so far (for early stopping, also after a resume)."""
     if not history:
         return 0
     losses = [row["val_loss"] for row in history]
     return len(losses) - 1 - losses.index(min(losses))
 
 
-def _tensorboard(run_dir: Path, epoch: int, ctx):
+@contextlib.contextmanager
+def _tensorboard(run_dir: Path, epoch: int, ctx: dist.DistContext):
+    """A TensorBoard writer on rank 0 (None elsewhere), closed on the way out."""
     if not ctx.is_main:
-        return None
+        yield None
+        return
     from torch.utils.tensorboard import SummaryWriter
     # purge_step drops events a killed run logged past its last checkpoint
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=epoch + 1 if epoch else None)
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=epoch + 1 if epoch else None)
+    try:
+        yield writer
+    finally:
+        writer.close()

@@ -11,11 +11,31 @@ CPU those casts were 15% of the step.
 from __future__ import annotations
 
 import copy
+from typing import Protocol
 
 import torch
 from torch import nn
 
 LOW_PRECISION = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+
+
+class WeightPolicy(Protocol):
+    """Which weights PyTorch's training step runs through, and how they meet the master weights.
+
+    ``module`` is called for the forward and backward pass on inputs of ``dtype``;
+    ``after_backward`` hands its gradients to the master weights before ``optimizer.step()``, and
+    ``after_step`` copies the updated master weights back. :class:`FP32` and :class:`BF16Shadow`
+    satisfy it; :class:`daelab.train.TorchStep` turns one into a step policy.
+    """
+
+    module: nn.Module
+    dtype: torch.dtype
+
+    def after_backward(self) -> None:
+        ...
+
+    def after_step(self) -> None:
+        ...
 
 
 class FP32:
@@ -27,10 +47,10 @@ class FP32:
         self.module = model
 
     def after_backward(self) -> None:
-        pass
+        """Nothing to do: the gradients are already on the trained weights."""
 
     def after_step(self) -> None:
-        pass
+        """Nothing to do: the trained weights are the master weights."""
 
 
 class BF16Shadow:
@@ -62,6 +82,7 @@ class BF16Shadow:
         self.after_step()
 
     def after_backward(self) -> None:
+        """Copy the shadow's bf16 gradients into the fp32 master weights' ``.grad``."""
         torch._foreach_copy_(self._grads, [s.grad for _, s in self.pairs])
         for (master, shadow), grad in zip(self.pairs, self._grads):
             master.grad = grad
@@ -69,6 +90,7 @@ class BF16Shadow:
 
     @torch.no_grad()
     def after_step(self) -> None:
+        """Copy the updated fp32 master weights into the bf16 shadow."""
         torch._foreach_copy_([s for _, s in self.pairs], [m for m, _ in self.pairs])
 
 
@@ -76,6 +98,19 @@ def _low_params(model: nn.Module) -> list[torch.Tensor]:
     return [p for module in model.modules() if isinstance(module, LOW_PRECISION) for p in module.parameters()]
 
 
-def make_policy(model: nn.Module, precision: str):
-    """``fp32`` -> train ``model`` as is; ``bf16`` -> a :class:`BF16Shadow` of it."""
+def make_policy(model: nn.Module, precision: str) -> WeightPolicy:
+    """The weight policy of ``precision``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model with its fp32 master weights.
+    precision : str
+        ``fp32`` (train ``model`` as is) or ``bf16`` (a :class:`BF16Shadow` of it).
+
+    Returns
+    -------
+    WeightPolicy
+        :class:`FP32` or :class:`BF16Shadow`.
+    """
     return BF16Shadow(model) if precision == "bf16" else FP32(model)

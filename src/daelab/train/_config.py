@@ -1,0 +1,141 @@
+"""Training settings: :class:`TrainConfig`, its bounds, and how ``auto`` device and precision resolve.
+
+The defaults reproduce the study (Adam 1e-3, MSE, batch 256, 100 epochs, Gaussian noise 0.1). Every
+setting is checked when the config is built, so a bad flag is a one-line :class:`ConfigError` before
+any data is read; the checks that need the data (the batch size against the number of images, the
+image size against the model's input) live in :func:`daelab.train.prepare_data`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from daelab.errors import ConfigError
+from daelab.noise import parse_noise
+from daelab.seeds import STRIDE
+
+PRECISIONS = ("auto", "fp32", "bf16")
+KERNELS = ("auto", "torch")
+
+# Each epoch's order is drawn from seed * STRIDE + epoch (daelab.seeds.epoch_order_seed), and torch
+# seeds are at most 2**64 - 1: this keeps every derived seed below 2**63 for any realistic epoch count.
+MAX_SEED = (2 ** 63 - 1) // STRIDE - 1
+# More threads than this only oversubscribes the cores (10**5 makes OpenMP spawn 10**5 threads).
+THREADS_PER_CPU = 4
+
+
+def max_threads() -> int:
+    """The most ``--threads`` this machine accepts: a few per CPU."""
+    return THREADS_PER_CPU * (os.cpu_count() or 1)
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. The defaults reproduce the study (Adam 1e-3, MSE, batch 256, 100 epochs)."""
+
+    epochs: int = field(default=100, metadata={"help": "number of epochs"})
+    batch_size: int = field(default=256, metadata={"help": "samples per optimizer step"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    noise: str = field(default="gaussian:0.1", metadata={"help": "training noise spec NAME:LEVEL", "metavar": "SPEC"})
+    seed: int = field(default=0, metadata={"help": "random seed (weights, order, noise, dropout)"})
+    subset: int | None = field(default=None, metadata={"help": "train on the first N training images only"})
+    val_split: float = field(default=0.0, metadata={
+        "help": "hold out this fraction of the training images for validation; 0 validates on the noisy "
+                "test set as the study did"})
+    val_subset: int | None = field(default=None, metadata={"help": "validate on the first N validation images only"})
+    early_stopping: int = field(default=0, metadata={"help": "stop after this many epochs without a better "
+                                                             "validation loss; 0 = off"})
+    precision: str = field(default="auto", metadata={"help": "matmul precision of the training step "
+                                                            "(bf16: bf16 weights for forward/backward, fp32 master "
+                                                            "weights, within 1%% of fp32 validation loss; auto: bf16 "
+                                                            "where the CPU/GPU has native bf16, else fp32)",
+                                                    "choices": PRECISIONS})
+    kernels: str = field(default="auto", metadata={
+        "help": "auto: bf16 MLP training on the CPU runs daelab's fused C kernels (compiled on first use, "
+                "~2x faster; PyTorch ops where no C compiler is found); torch: PyTorch ops only",
+        "choices": KERNELS})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (CUDA when present)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = PyTorch's default"})
+    checkpoint_every: int = field(default=0, metadata={"help": "also checkpoint every N steps within an epoch; "
+                                                               "0 = at the end of each epoch only"})
+    data_dir: str | None = field(default=None, metadata={"help": "dataset directory or .npz (default: search "
+                                                                 "$DAELAB_DATA, the user cache, "
+                                                                 "/usr/share/datasets/fashion-mnist)",
+                                                         "metavar": "PATH"})
+    sync_bn: bool = field(default=False, metadata={"help": "under torchrun, synchronise BatchNorm statistics "
+                                                           "across processes"})
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1", None),
+            (self.batch_size >= 1, "batch-size must be >= 1", None),
+            (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number", None),
+            (0 <= self.seed <= MAX_SEED, f"seed {self.seed} is out of range", f"use a seed in 0..{MAX_SEED}"),
+            (self.subset is None or self.subset >= 1, "subset must be >= 1", None),
+            (self.val_subset is None or self.val_subset >= 1, "val-subset must be >= 1", None),
+            (0.0 <= self.val_split < 1.0, "val-split must be in [0, 1)", None),
+            (self.early_stopping >= 0, "early-stopping must be >= 0", None),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}", None),
+            (self.kernels in KERNELS, f"kernels must be one of {', '.join(KERNELS)}", None),
+            (self.threads >= 0, "threads must be >= 0", None),
+            (self.threads <= max_threads(), f"threads {self.threads} is more than this machine can use",
+             f"use --threads 0 (PyTorch's default) or at most {max_threads()} ({THREADS_PER_CPU} per CPU)"),
+            (self.checkpoint_every >= 0, "checkpoint-every must be >= 0", None),
+        ]
+        for ok, message, hint in checks:
+            if not ok:
+                raise ConfigError(message, hint)
+        parse_noise(self.noise)  # validates the spec early, with its own clear error
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` stands for.
+
+    Parameters
+    ----------
+    name : str
+        ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns
+    -------
+    torch.device
+        The device; a ``ConfigError`` if it is unknown or not available here.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}", "use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available", "use --device cpu or auto")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision ``precision`` stands for on ``device``.
+
+    Parameters
+    ----------
+    precision : str
+        ``auto``, ``fp32`` or ``bf16``; ``auto`` is ``bf16`` where matmuls have native bf16
+        (AVX-512 BF16/AMX CPUs, Ampere+ GPUs), else ``fp32``.
+    device : torch.device
+        The device training runs on.
+
+    Returns
+    -------
+    str
+        ``fp32`` or ``bf16``.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
