@@ -122,3 +122,22 @@ def test_interrupted_training_says_to_rerun_reproduce(tmp_path, tiny_dataset, mo
     assert caught.value.message.startswith("stopped at epoch 2, step 5")
     assert "daelab reproduce" in caught.value.hint and "daelab train" not in caught.value.hint
     assert caught.value.exit_code == 130
+
+
+def test_a_training_run_of_other_settings_is_not_continued(tmp_path, tiny_dataset, monkeypatch):
+    """A reproduction whose run dir holds a checkpoint of another config says so instead of resuming it."""
+    from dataclasses import replace
+
+    from daelab.checkpoint import LAST
+    from daelab.train import fit
+    _quick_settings_small(monkeypatch)
+    run_dir = tmp_path / "run"
+    settings = plan(quick=True)
+    fit(settings["model"], replace(settings["train"], epochs=1, batch_size=100, lr=3e-3), run_dir,
+        dataset=tiny_dataset, progress=False)
+    write_json(run_dir / STATE_FILE, {"version": 1, "mode": "quick", "run_dir": str(run_dir), "stages": {}})
+    before = (run_dir / LAST).read_bytes()
+    with pytest.raises(UsageError, match="other settings than this reproduction.*batch_size, lr") as caught:
+        reproduce(run_dir, quick=True, dataset=tiny_dataset, progress=False)
+    assert "another --run-dir" in caught.value.hint
+    assert (run_dir / LAST).read_bytes() == before and len(read_metrics(run_dir)) == 1

@@ -10,6 +10,7 @@ results came from, which the report prints.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import platform
@@ -91,11 +92,34 @@ def load_state(run_dir: str | os.PathLike) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------ stages
+# What a resumed train stage may take from this call rather than from the checkpoint it continues: the
+# machine's settings, and more epochs (a run cut short has done fewer than planned).
+RESUMABLE = {"epochs", "data_dir", "device", "threads"}
+
+
+def _check_same_run(run_dir: Path, checkpoint: dict, settings: dict) -> None:
+    """Refuse to continue a training run of other settings than the plan's (it would report them as the study's)."""
+    def plain(values):  # tuples and lists alike, as the checkpoint holds them
+        return json.loads(json.dumps(values, default=str))
+
+    planned = {"model": plain(to_jsonable(settings["model"])), "train": plain(to_jsonable(settings["train"]))}
+    found = {"model": plain(checkpoint.get("model_config") or {}), "train": plain(checkpoint.get("train_config") or {})}
+    differ = [name for section in planned for name, value in planned[section].items()
+              if name not in RESUMABLE and found[section].get(name) != value]
+    if checkpoint.get("epoch", 0) > settings["train"].epochs:
+        differ.append(f"{checkpoint['epoch']} epochs done of {settings['train'].epochs} planned")
+    if differ:
+        raise UsageError(f"{run_dir} holds a training run of other settings than this reproduction "
+                         f"({', '.join(differ)})",
+                         f"use another --run-dir, or remove {run_dir} to start the reproduction over")
+
+
 def _train(run_dir: Path, settings: dict, dataset: Dataset | None, progress: bool) -> dict:
-    from daelab.checkpoint import LAST
+    from daelab.checkpoint import LAST, load_checkpoint
     from daelab.train import fit
     resume = (run_dir / LAST).is_file()  # a run cut short: continue it (a finished one runs 0 epochs)
     if resume:
+        _check_same_run(run_dir, load_checkpoint(run_dir / LAST), settings)
         log.info("train: resuming from %s", run_dir / LAST)
     # not 'daelab train --resume', which would leave the other stages undone
     result = fit(settings["model"], settings["train"], run_dir, resume=resume, dataset=dataset, progress=progress,
@@ -138,7 +162,8 @@ def reproduce(run_dir: str | os.PathLike = "runs/study", quick: bool = False, da
     ----------
     run_dir : str or path-like
         The run directory; created if needed. A directory holding a reproduction of the other
-        mode (quick vs full) is refused rather than mixed.
+        mode (quick vs full), a run that reproduce did not start, or a training run of other
+        settings than the plan's is refused rather than mixed.
     quick : bool
         The few-minute version (see ``QUICK_TRAIN``, ``QUICK_EVAL``, ``QUICK_PROBE``).
     data_dir : str or None
