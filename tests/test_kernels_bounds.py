@@ -102,11 +102,8 @@ def test_a_bad_row_in_a_fused_step_changes_nothing():
         policy.step(data, torch.arange(8)[::2], noise, torch.Generator())
 
 
-def test_labels_are_checked_once_per_epoch_and_again_after_a_write(monkeypatch):
-    lib = _loader.open_kernels(_loader.load_kernels().path)  # its own memo of checked labels
-    seeds, n, batch, hidden, classes = 2, 64, 16, 8, 4
-    labels = (torch.arange(seeds * n) % classes).view(seeds, n)  # the epoch's labels, (S, N)
-    masks = torch.ones(seeds, n, hidden)
+def _tail_steps(lib, seeds, batch, hidden, classes):
+    """classifier_tail on zeroed buffers, as step(start, labels, masks): an epoch's (S, N) labels, (S, N, H) masks."""
     buffers = {name: torch.zeros(size) for name, size in [
         ("a2", seeds * batch * hidden), ("gamma", seeds * hidden), ("beta", seeds * hidden),
         ("w3", seeds * hidden * classes), ("b3", seeds * classes), ("rm", seeds * hidden), ("rv", seeds * hidden),
@@ -115,22 +112,46 @@ def test_labels_are_checked_once_per_epoch_and_again_after_a_write(monkeypatch):
         ("work", seeds * (3 * batch * hidden + 2 * batch * classes))]}
     p = {name: ptr(t) for name, t in buffers.items()}
 
-    def step(start, labels=labels, masks=masks):
+    def step(start, labels, masks):
         return lib.classifier_tail(p["a2"], seeds, batch, hidden, classes, ptr(masks[:, start]), masks.stride(0),
                                    masks.stride(1), ptr(labels[:, start]), labels.stride(0), p["gamma"], p["beta"],
                                    p["w3"], p["b3"], 1e-3, 0.01, p["rm"], p["rv"], p["h"], p["da2"], p["dw3"],
                                    p["db3"], p["dgamma"], p["dbeta"], p["db2"], p["work"])
+    return step
 
+
+def test_labels_are_checked_once_per_epoch_and_again_after_a_write(monkeypatch):
+    lib = _loader.open_kernels(_loader.load_kernels().path)  # its own memo of checked labels
+    seeds, n, batch, hidden, classes = 2, 64, 16, 8, 4
+    labels = (torch.arange(seeds * n) % classes).view(seeds, n)  # the epoch's labels, (S, N)
+    masks = torch.ones(seeds, n, hidden)
+    step = _tail_steps(lib, seeds, batch, hidden, classes)
     scans = []
     real_aminmax = torch.aminmax
     monkeypatch.setattr(_abi.torch, "aminmax", lambda values: scans.append(values.numel()) or real_aminmax(values))
     for start in range(0, n, batch):
-        step(start)
+        step(start, labels, masks)
     assert scans == [seeds * n]  # one scan of the whole epoch, not one per step
     labels[1, 50] = classes  # written in place: checked again, and refused
     with pytest.raises(KernelError, match=f"labels holds {classes}, outside"):
-        step(48)
+        step(48, labels, masks)
+    step(0, labels, masks)  # rows 0-15 are still fine
     with pytest.raises(ValueError, match="past the end of the tensor"):
-        step(n - batch + 1)  # the last rows' masks and labels run past the epoch's arrays
+        step(n - batch + 1, labels, masks)  # the last rows' masks and labels run past the epoch's arrays
     with pytest.raises(ValueError, match="mask must be a CPU float tensor"):
-        step(0, masks=masks.double())
+        step(0, labels, masks.double())
+
+
+def test_strided_labels_are_checked_where_the_kernel_reads_them():
+    lib = _loader.open_kernels(_loader.load_kernels().path)
+    seeds, n, batch, hidden, classes = 2, 16, 8, 4, 3
+    padded = torch.full((seeds, n + 5), 99)  # each seed's row padded with values the kernel never reads
+    padded[:, :n] = torch.arange(n) % classes
+    labels, masks = padded[:, :n], torch.ones(seeds, n, hidden)
+    step = _tail_steps(lib, seeds, batch, hidden, classes)
+    step(0, labels, masks)
+    step(8, labels, masks)
+    padded[1, 10] = -1
+    step(0, labels, masks)  # rows 0-7: not the bad one
+    with pytest.raises(KernelError, match="labels holds -1, outside"):
+        step(8, labels, masks)

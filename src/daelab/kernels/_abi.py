@@ -74,15 +74,23 @@ class Param:
     name: str
     ctype: type                      # the ctypes type of the argument
     element: str | None = None       # arrays: the C element type ("float", "uint16_t", ...)
-    count: str | None = None         # arrays: how many elements the kernel touches, in the scalars' names
-    index_range: tuple[str, str] | None = None  # index arrays: [low, high) of the values, in the scalars' names
+    count: str | None = None         # contiguous arrays: how many elements the kernel touches
+    shape: tuple[str, ...] | None = None    # strided arrays: the extents the kernel walks ...
+    strides: tuple[str, ...] | None = None  # ... and their strides, in elements
+    index_range: tuple[str, str] | None = None  # index arrays: [low, high) of the values
     nullable: bool = False
     returned: bool = False           # an out value (one element) the Python wrapper allocates and returns
 
     @property
     def strided(self) -> bool:
-        """Read through explicit strides (the count names one) rather than as one contiguous block."""
-        return self.count is not None and "_stride" in self.count
+        """Read through explicit strides rather than as one contiguous block."""
+        return self.strides is not None
+
+    @property
+    def expressions(self) -> tuple[str, ...]:
+        """Every count, extent, stride and bound of this parameter (each in the int64_t parameters' names)."""
+        return tuple(e for e in (self.count, *(self.shape or ()), *(self.strides or ()), *(self.index_range or ()))
+                     if e is not None)
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,15 @@ def _param(text: str, note: str | None) -> Param:
         return Param(name, _SCALARS[ctype_text])
     element = ctype_text.rstrip("* ")
     parts = [part.strip() for part in (note or "").split(";")]
-    if element not in _DTYPES or not parts[0] or not _EXPRESSION.fullmatch(parts[0]):
+    count, shape, strides = parts[0], None, None
+    layout = re.fullmatch(r"(.+) at strides \((.+)\)", count)  # "seeds x batch at strides (label_seed_stride, 1)"
+    if layout:
+        count = None
+        shape = tuple(extent.strip() for extent in layout.group(1).split(" x "))
+        strides = tuple(stride.strip() for stride in layout.group(2).split(","))
+    expressions = (count,) if count is not None else (*shape, *strides)
+    if (element not in _DTYPES or not all(e and _EXPRESSION.fullmatch(e) for e in expressions)
+            or (shape is not None and len(shape) != len(strides))):
         raise KernelInterfaceError(f"array parameter {name} needs a known element type and a count in _fused.h")
     index_range, nullable, returned = None, False, False
     for part in parts[1:]:
@@ -127,7 +143,24 @@ def _param(text: str, note: str | None) -> Param:
             returned = True
         else:
             raise KernelInterfaceError(f"array parameter {name}: cannot read {part!r} in _fused.h")
-    return Param(name, ctypes.c_void_p, element, parts[0], index_range, nullable, returned)
+    return Param(name, ctypes.c_void_p, element, count, shape, strides, index_range, nullable, returned)
+
+
+def _declarations(text: str):
+    """(result type, name, parameters with their notes) of each prototype: the text up to the ``)`` that
+    closes it outside comments (notes hold brackets too), plus the note after its ``);``."""
+    for match in re.finditer(r"^(int|const char \*)\s*(\w+)\(", text, flags=re.M):
+        depth, k = 1, match.end()
+        while depth:
+            if text.startswith("/*", k):
+                k = text.index("*/", k) + 2
+                continue
+            depth += {"(": 1, ")": -1}.get(text[k], 0)
+            k += 1
+        tail = re.match(r";[ \t]*(/\*.*?\*/)?", text[k:], flags=re.S)
+        if tail is None:
+            raise KernelInterfaceError(f"{match.group(2)}: a prototype in _fused.h must end in ');'")
+        yield match.group(1), match.group(2), text[match.end():k - 1] + (tail.group(1) or "")
 
 
 def parse_header(path: Path) -> Interface:
@@ -142,10 +175,8 @@ def parse_header(path: Path) -> Interface:
                 re.findall(r"^\s*(DAELAB_\w+)\s*=\s*(\d+),\s*/\*(.*?)\*/", text, flags=re.M)}
     constants = {name: int(value) for name, value in re.findall(r"^#define (DAELAB_\w+) (\d+)\s*$", text, flags=re.M)}
     functions = {}
-    # a prototype, and the note on its last parameter, after the ");"
-    declarations = re.findall(r"^(int|const char \*)\s*(\w+)\((.*?)\);[ \t]*(/\*.*?\*/)?", text, flags=re.M | re.S)
-    for result, name, body, last_note in declarations:
-        params, pieces = [], re.split(r"(/\*.*?\*/)", body + last_note, flags=re.S)
+    for result, name, body in _declarations(text):
+        params, pieces = [], re.split(r"(/\*.*?\*/)", body, flags=re.S)
         for piece in pieces:
             if piece.startswith("/*"):  # the note on the parameter just before it
                 if not params:
@@ -211,7 +242,7 @@ class Kernel:
         self._sizes_seen: dict[tuple, list] = {}  # size arguments -> _sizes
         sizes = {name for _, name in self._size_slots}
         for _, param, _ in self._array_slots:
-            for expression in (param.count, *(param.index_range or ())):
+            for expression in param.expressions:
                 unknown = set(_compiled(expression).co_names) - sizes
                 if unknown:
                     raise KernelInterfaceError(f"{self.name}: {param.name}'s count or range names {sorted(unknown)}, "
@@ -242,7 +273,7 @@ class Kernel:
         if len(args) != len(self.inputs):
             raise TypeError(f"{self.name} takes {len(self.inputs)} arguments ({len(args)} given)")
         sizes = self._sizes(args)
-        for (k, param, dtypes), (count, bounds) in zip(self._array_slots, sizes):
+        for (k, param, dtypes), (count, layout, bounds) in zip(self._array_slots, sizes):
             value = args[k]
             if value is None:
                 if not param.nullable:
@@ -263,11 +294,12 @@ class Kernel:
                 raise ValueError(f"{self.name}: {param.name} must be contiguous with at least {count} values "
                                  f"(got {tuple(tensor.shape)}, contiguous={tensor.is_contiguous()})")
             if bounds is not None and count:
-                self._check_indices(param, tensor, count, *bounds)
+                self._check_indices(param, tensor, count, layout, *bounds)
 
-    def _sizes(self, args: tuple) -> list[tuple[int, tuple[int, int] | None]]:
-        """Per array parameter, the count and the index bounds for these size arguments (remembered: a
-        caller's steps mostly repeat them)."""
+    def _sizes(self, args: tuple) -> list[tuple]:
+        """Per array parameter, (count, layout, index bounds) for these size arguments (remembered: a caller's
+        steps mostly repeat them): the elements it touches from the pointer on, the (shape, strides) of a
+        strided one, the [low, high) of an index array."""
         key = tuple(args[k] for k, _ in self._size_slots)
         sizes = self._sizes_seen.get(key)
         if sizes is None:
@@ -276,33 +308,50 @@ class Kernel:
                 if value < 0:
                     raise ValueError(f"{self.name}: {name} = {value} is negative")
                 scalars[name] = value
-            sizes = [(max(0, eval(_compiled(p.count), _NO_BUILTINS, scalars)),
-                      None if p.index_range is None else
-                      tuple(eval(_compiled(bound), _NO_BUILTINS, scalars) for bound in p.index_range))
-                     for _, p, _ in self._array_slots]
+            def value(expression):
+                return eval(_compiled(expression), _NO_BUILTINS, scalars)
+
+            sizes = []
+            for _, param, _ in self._array_slots:
+                layout = None
+                if param.strided:  # the count is the span from the first element to one past the last
+                    layout = [value(e) for e in param.shape], [value(e) for e in param.strides]
+                    count = 0 if 0 in layout[0] else 1 + sum((n - 1) * stride for n, stride in zip(*layout))
+                else:
+                    count = max(0, value(param.count))
+                bounds = None if param.index_range is None else tuple(value(bound) for bound in param.index_range)
+                sizes.append((count, layout, bounds))
             if len(self._sizes_seen) > 64:
                 self._sizes_seen.clear()
             self._sizes_seen[key] = sizes
         return sizes
 
-    def _check_indices(self, param: Param, tensor: torch.Tensor, count: int, low: int, high: int) -> None:
-        """All values the kernel reads from ``tensor`` lie in [low, high): checked once per tensor and version."""
+    def _check_indices(self, param: Param, tensor: torch.Tensor, count: int, layout: tuple | None, low: int,
+                       high: int) -> None:
+        """All values the kernel reads from ``tensor`` lie in [low, high).
+
+        The first call on an index tensor checks the whole tensor it is a view of (an epoch's labels,
+        say) and remembers the result until that tensor is written to; calls that read inside it are
+        then free. Where that whole tensor holds other values too (padding, another set's rows), the
+        values this call reads are checked instead, each call.
+        """
         root = tensor if tensor._base is None else tensor._base
         start = tensor.data_ptr()
         end = start + count * tensor.element_size()
-        seen = self._checked.get(param.name)  # (tensor, version, smallest, largest, start, end) checked last
+        seen = self._checked.get(param.name)  # (tensor, version, smallest, largest, start, end): all of it valid
         if (seen is not None and seen[0]() is root and seen[1] == root._version and low <= seen[2] and seen[3] < high
                 and seen[4] <= start and end <= seen[5]):
             return
         root_start = root.data_ptr()
         root_end = root_start + root.numel() * root.element_size()
         if root.dtype == tensor.dtype and root.is_contiguous() and root_start <= start and end <= root_end:
-            values, span = root, (root_start, root_end)  # the whole epoch's indices, checked once
-        else:
-            values = tensor.new_empty(0).set_(tensor.untyped_storage(), tensor.storage_offset(), (count,), (1,))
-            span = (start, end)
+            smallest, largest = (int(v) for v in torch.aminmax(root))
+            if low <= smallest and largest < high:
+                self._checked[param.name] = (weakref.ref(root), root._version, smallest, largest, root_start, root_end)
+                return
+        # exactly the values the kernel reads (not the gaps between a strided array's rows)
+        values = tensor.as_strided(*layout) if layout else tensor.reshape(-1)[:count]
         smallest, largest = (int(v) for v in torch.aminmax(values))
         if smallest < low or largest >= high:
             bad = smallest if smallest < low else largest
             raise KernelError(self.name, f"{param.name} holds {bad}, outside [{low}, {high})")
-        self._checked[param.name] = (weakref.ref(root), root._version, smallest, largest, *span)

@@ -7,8 +7,8 @@
  * Python side makes before each call: the comment after an array parameter gives how many elements
  * the kernel touches there, in the scalar parameters' terms, then optionally "; in [lo, hi)" (the
  * range of the indices it holds), "; may be NULL", "; returned" (an out value the Python wrapper
- * returns). Arrays are contiguous and row-major, except those whose count names a *_stride, which
- * the kernel reads through those strides. bf16 values are stored as uint16_t.
+ * returns). Arrays are contiguous and row-major, except those given as "a x b at strides (sa, sb)",
+ * which the kernel reads through those strides (in elements). bf16 values are stored as uint16_t.
  *
  * Every kernel returns a daelab_status: 0 when it did its work, else the reason it did none.
  * Sizes, strides, required arrays and fixed work-array limits are checked in every build; the
@@ -128,7 +128,7 @@ int relu_mask(float *a,                     /* seeds * batch * width */
               int64_t seeds,
               int64_t batch,
               int64_t width,
-              const float *mask,            /* (seeds - 1) * mask_seed_stride + (batch - 1) * mask_row_stride + width */
+              const float *mask, /* seeds x batch x width at strides (mask_seed_stride, mask_row_stride, 1) */
               int64_t mask_seed_stride,
               int64_t mask_row_stride);
 
@@ -137,7 +137,7 @@ int relu_mask_backward(float *dh,           /* seeds * batch * width */
                        int64_t seeds,
                        int64_t batch,
                        int64_t width,
-                       const float *mask,   /* (seeds - 1) * mask_seed_stride + (batch - 1) * mask_row_stride + width */
+                       const float *mask, /* seeds x batch x width at strides (mask_seed_stride, mask_row_stride, 1) */
                        int64_t mask_seed_stride,
                        int64_t mask_row_stride,
                        float *dbias);       /* seeds * width */
@@ -147,10 +147,10 @@ int classifier_tail(const float *a2,        /* seeds * batch * hidden */
                     int64_t batch,
                     int64_t hidden,
                     int64_t classes,
-                    const float *mask, /* (seeds - 1) * mask_seed_stride + (batch - 1) * mask_row_stride + hidden */
+                    const float *mask, /* seeds x batch x hidden at strides (mask_seed_stride, mask_row_stride, 1) */
                     int64_t mask_seed_stride,
                     int64_t mask_row_stride,
-                    const int64_t *labels,  /* (seeds - 1) * label_seed_stride + batch; in [0, classes) */
+                    const int64_t *labels,  /* seeds x batch at strides (label_seed_stride, 1); in [0, classes) */
                     int64_t label_seed_stride,
                     const float *gamma,     /* seeds * hidden */
                     const float *beta,      /* seeds * hidden */
