@@ -193,7 +193,7 @@ class FusedMLP:
         Raises
         ------
         ValueError : ``data`` or ``index`` of the wrong dtype, layout or width.
-        KernelError : a row number outside ``data`` (checked before any work).
+        ~daelab.kernels.KernelError : a row number outside ``data`` (checked before any work).
         """
         batch, width_in = len(index), self.layers[0].linear.in_features
         # the C gather reads fp32 rows of one block by int64 row numbers
