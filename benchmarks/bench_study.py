@@ -2,7 +2,7 @@
 
 The whole study's wall time on a shared machine depends on the moment (this project's 2-core
 machine changed speed by up to 2x within minutes), so a time on its own says little. This script
-measures the plain PyTorch loop (``../shared/bench/plain_torch_dae.py``) just before and just after
+measures the in-repo plain PyTorch loop (``benchmarks/plain_loop.py``) just before and just after
 a full ``daelab reproduce`` into a fresh directory, and prints the study's time by stage beside:
 
 - the plain loop's 100 epochs at the rate it ran around the study (100 x 60,000 samples / rate),
@@ -12,6 +12,9 @@ a full ``daelab reproduce`` into a fresh directory, and prints the study's time 
   speeds with the machine as the plain loop does (an approximation: the stages are not all
   matrix products).
 
+``--reference-loop PATH`` (default ``$DAELAB_PLAIN_BENCH``) also times another plain loop before and
+after, e.g. the project's ``../shared/bench/plain_torch_dae.py``, and prints its ratio to the in-repo one.
+
     python benchmarks/bench_study.py                  # the full study, ~8-12 minutes
     python benchmarks/bench_study.py --quick          # the few-minute version, to try the script
 """
@@ -19,14 +22,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_train import plain_loop
+from plain_loop import run_script
 
+from daelab.cpu import cpu_info
+
+PLAIN = Path(__file__).resolve().with_name("plain_loop.py")
 TRAIN_SAMPLES, STUDY_EPOCHS = 60000, 100
 
 
@@ -50,18 +57,30 @@ def main() -> None:
     parser.add_argument("--reference", type=float, default=12000.0,
                         help="the issue's plain-loop samples/s to scale the study's time to")
     parser.add_argument("--quick", action="store_true", help="run 'daelab reproduce --quick' instead")
+    parser.add_argument("--reference-loop", type=Path, default=os.environ.get("DAELAB_PLAIN_BENCH") or None,
+                        metavar="PATH", help="also time this plain-loop script before and after (default "
+                        "$DAELAB_PLAIN_BENCH)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.plain_epochs < 2:
         parser.error("--plain-epochs must be at least 2 (the first epoch is warm-up)")
 
-    before = plain_loop(args.plain_epochs, args.data_dir)["samples_per_s"]
+    print(f"CPU: {cpu_info().describe()}", flush=True)
+    reference: dict[str, float] = {}
+    before = run_script(PLAIN, args.plain_epochs, args.data_dir)["samples_per_s"]
     print(f"plain loop before the study: {before:,.0f} samples/s", flush=True)
+    if args.reference_loop is not None:
+        reference["before"] = run_script(args.reference_loop, args.plain_epochs, args.data_dir)["samples_per_s"]
+        print(f"reference loop before the study: {reference['before']:,.0f} samples/s", flush=True)
     with tempfile.TemporaryDirectory(prefix="daelab-study-") as tmp:
         state, headline, wall = run_study(Path(tmp) / "study", args.quick, args.data_dir)
-    after = plain_loop(args.plain_epochs, args.data_dir)["samples_per_s"]
+    after = run_script(PLAIN, args.plain_epochs, args.data_dir)["samples_per_s"]
     print(f"plain loop after the study: {after:,.0f} samples/s", flush=True)
+    if args.reference_loop is not None:
+        reference["after"] = run_script(args.reference_loop, args.plain_epochs, args.data_dir)["samples_per_s"]
+        print(f"reference loop after the study: {reference['after']:,.0f} samples/s; in-repo / reference: "
+              f"{(before + after) / (reference['before'] + reference['after']):.3f}", flush=True)
 
     stages = {name: stage["seconds"] for name, stage in state["stages"].items()}
     by_stage = sum(stages.values())
@@ -74,6 +93,7 @@ def main() -> None:
         "reference_samples_per_s": args.reference,
         "study_seconds_at_reference": by_stage * plain_rate / args.reference,
         "best_val_loss": state["stages"]["train"].get("best_val_loss"), "probe_headline": headline,
+        "reference_loop": {"path": str(args.reference_loop), "samples_per_s": reference} if reference else None,
     }
     print("\n| stage | seconds |\n|---|---:|")
     for name, seconds in stages.items():

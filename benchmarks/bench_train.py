@@ -1,89 +1,120 @@
-"""Speed benchmark: daelab's training and inference against a plain PyTorch loop, side by side.
+"""Speed benchmark: daelab's training against a plain PyTorch loop, side by side, on any x86 CPU.
 
-Prints, from one run on one machine state: the machine's fp32/bf16 matrix-product peaks, the matmul
-rate of the study model's own GEMM shapes (batch 256, forward and backward: the ceiling for a step),
-the plain loop's samples/s (``../shared/bench/plain_torch_dae.py``, run as a subprocess), daelab's
-samples/s for each mode and the ratio, the fraction of the matmul peak that training reaches,
-inference images/s on the test set, and the validation loss after N epochs for each mode.
+Prints, from one run on one machine state:
 
-Modes: ``fp32`` (PyTorch ops, fp32), ``bf16-torch`` (PyTorch ops, bf16 shadow weights; ``--kernels
-torch``), ``bf16`` (the default: daelab's fused C kernels, bf16 matmuls, fp32 master weights).
+- the CPU's model and ISA class (AVX2, AVX-512, AVX-512 BF16, AMX; :mod:`daelab.cpu`), and one
+  line saying the bf16 measurements are skipped where the CPU has no native bf16 (emulated bf16 is
+  far slower than fp32: 1.4 GFLOP/s for a 2048^3 product on a 2-core AVX2 EPYC);
+- the matrix-product rates: a square GEMM peak per dtype and the study model's own GEMM shapes at
+  batch 256, forward and backward (the *model-GEMM ceiling*: what a training step's matrix
+  products alone reach), fp32 and, with native bf16, bf16;
+- per contender: samples/s, the ratio to the in-repo plain loop (``benchmarks/plain_loop.py``,
+  taken within each round, then the median), the fraction of the model-GEMM ceiling of its dtype
+  (fp32 for fp32 contenders, bf16 for bf16 ones), inference images/s and the validation loss
+  (noisy test set, Gaussian 0.1) after ``--loss-epochs`` epochs;
+- the whole run's wall time.
 
-    python benchmarks/bench_train.py                 # the full table (a few minutes)
-    python benchmarks/bench_train.py --epochs 2 --rounds 1 --loss-epochs 0 --json out.json
+Contenders: ``plain`` (the in-repo plain loop, fp32; ratio 1.0 by definition), ``fp32`` (daelab,
+PyTorch ops, fp32), ``bf16-torch`` (daelab, PyTorch ops, bf16 shadow weights; ``--kernels
+torch``), ``bf16`` (daelab's default where bf16 is native: its fused C kernels, bf16 matmuls, fp32
+master weights). Each contender keeps training across the rounds: round after round every
+contender runs ``--epochs`` more epochs (the order rotates each round, so a drift in a shared
+machine's speed hits them all alike), and the validation loss is taken once a contender has run
+``--loss-epochs`` epochs in all (the default 5 rounds x 2 epochs is exactly the 10-epoch check, so
+it costs no extra training). A contender's very first epoch is warm-up and not timed.
+
+``DAELAB_ISA=avx2`` (or ``avx512``, ``avx512_bf16``, ``amx``, ``scalar``) caps the ISA class, so
+an AVX-512/AMX machine measures the AVX2 path: the bf16 contenders are skipped and PyTorch's
+libraries (ATen, oneDNN, MKL) are capped too. ``--reference-loop PATH`` (default
+``$DAELAB_PLAIN_BENCH``) also times another plain loop, e.g. ``../shared/bench/plain_torch_dae.py``,
+as a subprocess in each round, beside the in-repo one.
+
+    python benchmarks/bench_train.py                        # the full table (a few minutes; <= ~10 on 2 cores)
+    DAELAB_ISA=avx2 python benchmarks/bench_train.py        # the AVX2 path, on any x86 CPU
+    python benchmarks/bench_train.py --epochs 1 --rounds 1 --loss-epochs 1 --subset 4096 --json out.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from statistics import median
 
-import torch
+# The ISA cap must reach PyTorch's libraries before torch is imported (they read it when they start).
+from daelab.cpu import apply_isa_cap, cpu_info
 
-from daelab.data import load_dataset, to_tensor
-from daelab.models import ModelConfig, build_model
-from daelab.noise import parse_noise
-from daelab.train import TrainConfig, fit, make_optimizer, make_training_policy, train_steps
+CPU = cpu_info()
+CAPS_SET = apply_isa_cap(CPU)
 
-ROOT = Path(__file__).resolve().parents[1]
-# the project's reference loop, beside the repository (a clone elsewhere names it in DAELAB_PLAIN_BENCH)
-PLAIN = Path(os.environ.get("DAELAB_PLAIN_BENCH") or ROOT.parent / "shared" / "bench" / "plain_torch_dae.py")
+import torch  # noqa: E402
 
+from daelab.data import load_dataset, to_tensor  # noqa: E402
+from daelab.models import ModelConfig, build_model  # noqa: E402
+from daelab.noise import parse_noise  # noqa: E402
+from daelab.train import TrainConfig, evaluate_loss, make_optimizer, make_training_policy, train_steps  # noqa: E402
 
-def gemm_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10, tries: int = 3) -> float:
-    """GFLOP/s of a square matrix product in ``dtype``: the best of ``tries`` timings (a peak)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(tries):
-        began = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, 2 * size ** 3 * repeats / (time.perf_counter() - began) / 1e9)
-    return best
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_loop import PlainLoop, run_script  # noqa: E402
 
 MODES = {"fp32": {"precision": "fp32", "kernels": "torch"},
          "bf16-torch": {"precision": "bf16", "kernels": "torch"},
          "bf16": {"precision": "bf16", "kernels": "auto"}}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+VAL_NOISE = "gaussian:0.1"
 
 
-def model_gemm_rate(model: torch.nn.Module, batch: int = 256, repeats: int = 50) -> float:
-    """GFLOP/s of exactly the bf16 matrix products of one training step of ``model`` (no other work)."""
-    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    bf16 = torch.bfloat16
-    weights = [torch.randn(o, i).to(bf16) for i, o in shapes]
-    inputs = [torch.randn(batch, i).to(bf16) for i, _ in shapes]
-    grads = [torch.randn(batch, o).to(bf16) for _, o in shapes]
+# ------------------------------------------------------------------------------ matrix-product rates
+def gemm_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 0.5) -> float:
+    """GFLOP/s of a square ``size`` matrix product in ``dtype``: the fastest single product timed
+    within about ``seconds`` (at least two, after one warm-up product)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    best, began, count = 0.0, time.perf_counter(), 0
+    while count < 2 or time.perf_counter() - began < seconds:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
+        count += 1
+    return best
 
-    def step():
-        for k, (w, x, g) in enumerate(zip(weights, inputs, grads)):
-            x @ w.t()
-            g.t() @ x
-            if k:
-                g @ w
-    flops = sum(2 * batch * i * o * (3 if k else 2) for k, (i, o) in enumerate(shapes))
-    for _ in range(5):
-        step()
-    began = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return flops * repeats / (time.perf_counter() - began) / 1e9
+
+def linear_shapes(model: torch.nn.Module) -> list[tuple[int, int]]:
+    """(in_features, out_features) of each Linear layer, in order."""
+    return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
 
 
 def train_flops_per_sample(model: torch.nn.Module) -> float:
     """Matmul FLOPs of one training sample: 2*in*out per Linear forward, twice that backward, except
     the first layer's input gradient, which nobody computes (the noisy images need none)."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    return sum(2.0 * m.in_features * m.out_features * (2 if k == 0 else 3) for k, m in enumerate(linears))
+    return sum(2.0 * i * o * (2 if k == 0 else 3) for k, (i, o) in enumerate(linear_shapes(model)))
+
+
+def model_gemm_rate(model: torch.nn.Module, dtype: torch.dtype, batch: int = 256, seconds: float = 0.5) -> float:
+    """GFLOP/s of exactly the matrix products of one training step of ``model`` in ``dtype`` (no
+    other work): the ceiling a training step's products allow. Best of steps timed within ``seconds``."""
+    shapes = linear_shapes(model)
+    weights = [torch.randn(o, i).to(dtype) for i, o in shapes]
+    inputs = [torch.randn(batch, i).to(dtype) for i, _ in shapes]
+    grads = [torch.randn(batch, o).to(dtype) for _, o in shapes]
+
+    def step():
+        for k, (w, x, g) in enumerate(zip(weights, inputs, grads)):
+            x @ w.t()       # forward
+            g.t() @ x       # weight gradient
+            if k:
+                g @ w       # input gradient (not of the first layer)
+    flops = train_flops_per_sample(model) * batch
+    step()
+    best, began, count = 0.0, time.perf_counter(), 0
+    while count < 3 or time.perf_counter() - began < seconds:
+        start = time.perf_counter()
+        step()
+        best = max(best, flops / (time.perf_counter() - start) / 1e9)
+        count += 1
+    return best
 
 
 def steal_seconds() -> float | None:
@@ -95,140 +126,260 @@ def steal_seconds() -> float | None:
         return None
 
 
-def plain_loop(epochs: int, data_dir: str | None) -> dict:
-    if not PLAIN.is_file():
-        sys.exit(f"benchmark: no plain loop at {PLAIN} (set DAELAB_PLAIN_BENCH to plain_torch_dae.py's path)")
-    cmd = [sys.executable, str(PLAIN), "--epochs", str(epochs), "--json"]
-    if data_dir:
-        cmd += ["--data-dir", data_dir]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+# ------------------------------------------------------------------------------ contenders
+class PlainContender:
+    """The in-repo plain PyTorch loop (fp32): the baseline every ratio divides by."""
+
+    key, label, dtype = "plain", "plain loop (fp32)", "fp32"
+
+    def __init__(self, clean: torch.Tensor):
+        self.loop = PlainLoop(clean)
+        self.model = self.loop.model
+
+    def epoch(self) -> float:
+        """One epoch; its samples/s."""
+        return self.loop.epoch().samples_per_s
+
+    def val_loss(self, noisy: torch.Tensor, clean: torch.Tensor) -> float:
+        return self.loop.val_loss(noisy, clean)
 
 
-def daelab_rate(clean: torch.Tensor, mode: str, epochs: int) -> float:
-    """Median samples/s of whole epochs of daelab's training step (epochs after the first)."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig())
-    config = TrainConfig(**MODES[mode])
-    optimizer = make_optimizer(model, config)
-    policy = make_training_policy(model, optimizer, config, torch.device("cpu"))
-    if mode == "bf16" and not getattr(policy, "fused", False):
-        print("note: the fused kernels are unavailable here; 'bf16' runs PyTorch ops", file=sys.stderr)
-    noise, generator = parse_noise(config.noise), torch.Generator().manual_seed(0)
-    steps = -(-len(clean) // config.batch_size)
-    rates = []
-    for epoch in range(epochs):
-        order = torch.randperm(len(clean), generator=torch.Generator().manual_seed(epoch))
-        done = train_steps(policy, optimizer, clean, order, noise, generator, config, torch.device("cpu"), 0, steps)
-        rates.append(done.samples / done.seconds)
-    steady = sorted(rates[1:] or rates)
-    return steady[len(steady) // 2]
+class DaelabContender:
+    """daelab's training step in one mode of :data:`MODES`, as ``daelab train`` runs it (no checkpoints)."""
+
+    dtype: str
+
+    def __init__(self, mode: str, clean: torch.Tensor):
+        self.key, self.label = mode, f"daelab {mode}"
+        self.dtype = MODES[mode]["precision"]
+        torch.manual_seed(0)
+        self.model = build_model(ModelConfig())
+        self.config = TrainConfig(**MODES[mode])
+        self.optimizer = make_optimizer(self.model, self.config)
+        self.policy = make_training_policy(self.model, self.optimizer, self.config, torch.device("cpu"))
+        self.fused = mode == "bf16" and hasattr(self.policy, "step")
+        self.clean = clean
+        self.noise = parse_noise(self.config.noise)
+        self.generator = torch.Generator().manual_seed(0)
+        self.order_generator = torch.Generator().manual_seed(1)
+        self.steps = -(-len(clean) // self.config.batch_size)
+
+    def epoch(self) -> float:
+        """One epoch of daelab's training step; its samples/s."""
+        order = torch.randperm(len(self.clean), generator=self.order_generator)
+        done = train_steps(self.policy, self.optimizer, self.clean, order, self.noise, self.generator, self.config,
+                           torch.device("cpu"), 0, self.steps)
+        return done.samples / done.seconds
+
+    def val_loss(self, noisy: torch.Tensor, clean: torch.Tensor) -> float:
+        return evaluate_loss(self.model, noisy, clean)
 
 
 @torch.inference_mode()
-def inference_rate(images: torch.Tensor, mode: str, batch_size: int = 2500, repeats: int = 3) -> float:
-    model = build_model(ModelConfig()).eval()
+def inference_rate(model: torch.nn.Module, images: torch.Tensor, bf16: bool, batch_size: int = 2500,
+                   repeats: int = 2) -> float:
+    """Images/s of ``model`` in eval mode over ``images`` (best of ``repeats`` passes after one warm-up)."""
+    was_training = model.training
+    model.eval()
     best = 0.0
     for _ in range(repeats + 1):
         began = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=MODES[mode]["precision"] == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             for start in range(0, len(images), batch_size):
                 model(images[start:start + batch_size])
         best = max(best, len(images) / (time.perf_counter() - began))
+    model.train(was_training)
     return best
 
 
-def main() -> None:
+# ------------------------------------------------------------------------------ the run
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per contender and round (the first is "
-                        "warm-up; the median of the others counts)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of all contenders (medians are reported)")
-    parser.add_argument("--loss-epochs", type=int, default=10, help="epochs for the validation-loss check; 0 skips")
-    parser.add_argument("--modes", default="fp32,bf16-torch,bf16", help="comma-separated: " + ", ".join(MODES))
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-    modes = args.modes.split(",")
+    group = parser.add_argument_group("what runs")
+    group.add_argument("--epochs", type=int, default=2, help="epochs per contender and round (a contender's "
+                       "first epoch overall is warm-up)")
+    group.add_argument("--rounds", type=int, default=5, help="rounds of all contenders (medians are reported)")
+    group.add_argument("--loss-epochs", type=int, default=10, help="report each contender's validation loss after "
+                       "this many epochs in all (epochs beyond rounds x epochs run after the rounds); 0 skips")
+    group.add_argument("--modes", default="fp32,bf16-torch,bf16", help="daelab contenders, comma-separated: "
+                       + ", ".join(MODES))
+    group.add_argument("--reference-loop", type=Path, default=os.environ.get("DAELAB_PLAIN_BENCH") or None,
+                       metavar="PATH", help="also time this plain-loop script (e.g. ../shared/bench/"
+                       "plain_torch_dae.py) in each round, as a subprocess on the full data set "
+                       "(default $DAELAB_PLAIN_BENCH)")
+    group = parser.add_argument_group("size and limits")
+    group.add_argument("--subset", type=int, default=None, help="train on the first N training images only")
+    group.add_argument("--gemm-size", type=int, default=2048, help="square GEMM peak's matrix size")
+    group.add_argument("--gemm-seconds", type=float, default=0.5, help="time per GEMM rate measurement")
+    group.add_argument("--budget-minutes", type=float, default=9.0, help="start no round that would end past "
+                       "this (judged by the last round's time); 0 = no limit")
+    group = parser.add_argument_group("input and output")
+    group.add_argument("--data-dir", default=None, help="dataset directory or .npz (default: daelab's search)")
+    group.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; valid: {', '.join(MODES)}")
+    if args.epochs < 1 or args.rounds < 1 or args.loss_epochs < 0:
+        parser.error("--epochs and --rounds must be >= 1, --loss-epochs >= 0")
+    args.modes = modes
+    return args
+
+
+def describe_machine() -> dict:
+    """The CPU line (printed first) and the machine facts for the JSON."""
+    print(f"CPU: {CPU.describe()}; PyTorch dispatches to {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads on {os.cpu_count()} cores, torch {torch.__version__}", flush=True)
+    if CAPS_SET:
+        print("capped PyTorch's libraries: " + " ".join(f"{k}={v}" for k, v in CAPS_SET.items()), flush=True)
+    return {"cpu": CPU.model, "isa": CPU.isa, "detected_isa": CPU.detected_isa, "capped_by": CPU.capped_by,
+            "native_bf16": CPU.native_bf16, "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "library_caps": CAPS_SET}
+
+
+def run_epochs(contender, count: int, state: dict, val: tuple[torch.Tensor, torch.Tensor] | None,
+               loss_epochs: int) -> list[float]:
+    """``count`` epochs of ``contender``; the timed rates (its first epoch overall is not timed). Takes the
+    validation loss once it has run ``loss_epochs`` in all."""
+    timed = []
+    for _ in range(count):
+        rate = contender.epoch()
+        state["epochs"] += 1
+        if state["epochs"] > 1:
+            timed.append(rate)
+        if val is not None and state["epochs"] == loss_epochs:
+            state["val_loss"] = contender.val_loss(*val)
+    return timed
+
+
+def main(argv: list[str] | None = None) -> None:
+    began = time.perf_counter()
+    args = parse_args(argv)
+    result = {"machine": describe_machine()}
+    modes = args.modes
+    dtypes = ["fp32"]
+    if not CPU.native_bf16:
+        skipped = [m for m in modes if MODES[m]["precision"] == "bf16"]
+        modes = [m for m in modes if m not in skipped]
+        print(f"skipping the bf16 GEMM peak and bf16 contenders ({', '.join(skipped) or 'none asked'}): ISA class "
+              f"{CPU.isa} has no native bf16 (emulated bf16 is far slower than fp32)", flush=True)
+        result["skipped"] = {"modes": skipped, "reason": f"no native bf16 (ISA class {CPU.isa})"}
+    else:
+        dtypes.append("bf16")
+
     dataset = load_dataset(args.data_dir)
-    clean, test = to_tensor(dataset.train_images), to_tensor(dataset.test_images)
+    clean = to_tensor(dataset.train_images)[:args.subset]
+    test = to_tensor(dataset.test_images)
+    val = (parse_noise(VAL_NOISE)(test, torch.Generator().manual_seed(0)), test) if args.loss_epochs else None
     flops = train_flops_per_sample(build_model(ModelConfig()))
-    result = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__},
-              "train_flops_per_sample": flops}
+    result.update(train_samples=len(clean), train_flops_per_sample=flops)
+    contenders = [PlainContender(clean)] + [DaelabContender(mode, clean) for mode in modes]
+    for c in contenders:
+        if c.key == "bf16" and not c.fused:
+            print("note: the fused kernels are unavailable here; 'bf16' runs PyTorch ops", file=sys.stderr)
+    states = {c.key: {"epochs": 0, "val_loss": None} for c in contenders}
+
     # Rounds: every contender runs once per round, so a drift in the shared machine's speed hits
     # them all alike; ratios are taken within a round, then the median over rounds is reported.
+    # The GEMM rates too are measured every round (the machine's matmul speed drifted 2x within
+    # minutes); the best of the rounds is the ceiling the fractions divide by.
     per_round: list[dict[str, float]] = []
-    peaks: dict[str, list[float]] = {"fp32": [], "bf16": [], "model_bf16": []}
+    peaks: dict[str, list[float]] = {f"{kind}_{d}": [] for kind in ("square", "model") for d in dtypes}
+    deadline = began + args.budget_minutes * 60 if args.budget_minutes > 0 else float("inf")
+    round_seconds = 0.0
     for r in range(args.rounds):
-        # the peaks too are measured every round (the machine's matmul speed drifted 2x within
-        # minutes); the best of the rounds is the peak the roofline fractions divide by
-        peaks["fp32"].append(gemm_peak(torch.float32))
-        peaks["bf16"].append(gemm_peak(torch.bfloat16))
-        peaks["model_bf16"].append(model_gemm_rate(build_model(ModelConfig())))
+        if r and time.perf_counter() + round_seconds > deadline:
+            print(f"stopping after {r} of {args.rounds} rounds: another would end past the "
+                  f"{args.budget_minutes:g}-minute budget", flush=True)
+            break
+        round_began = time.perf_counter()
+        for d in dtypes:
+            peaks[f"square_{d}"].append(gemm_peak(DTYPES[d], args.gemm_size, args.gemm_seconds))
+            peaks[f"model_{d}"].append(model_gemm_rate(build_model(ModelConfig()), DTYPES[d],
+                                                       seconds=args.gemm_seconds))
         stolen = steal_seconds()
-        rates = {"plain": plain_loop(args.epochs, args.data_dir)["samples_per_s"]}
-        for mode in modes:
-            rates[mode] = daelab_rate(clean, mode, args.epochs)
+        rates: dict[str, float] = {}
+        shift = r % len(contenders)
+        for c in contenders[shift:] + contenders[:shift]:
+            timed = run_epochs(c, args.epochs, states[c.key], val, args.loss_epochs)
+            if timed:
+                rates[c.key] = median(timed)
+        if args.reference_loop is not None:
+            rates["reference"] = run_script(args.reference_loop, max(2, args.epochs), args.data_dir)["samples_per_s"]
         if stolen is not None:  # CPU time the hypervisor gave to other guests during the round
             rates["steal_s"] = steal_seconds() - stolen
         per_round.append(rates)
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:,.0f}" for k, v in rates.items()
-                                                          if k != "steal_s")
-              + " samples/s" + (f" (steal {rates['steal_s']:.1f} CPU-s)" if "steal_s" in rates else ""), flush=True)
+        round_seconds = time.perf_counter() - round_began
+        shown = ", ".join(f"{k} {v:,.0f}" for k, v in rates.items() if k != "steal_s")
+        print(f"round {r + 1}/{args.rounds} ({round_seconds:.0f}s): {shown or 'warm-up only'} samples/s"
+              + (f" (steal {rates['steal_s']:.1f} CPU-s)" if "steal_s" in rates else ""), flush=True)
+    if val is not None:  # the epochs the loss check needs beyond the rounds (none at the defaults)
+        for c in contenders:
+            missing = args.loss_epochs - states[c.key]["epochs"]
+            if missing > 0 and time.perf_counter() > deadline:
+                print(f"{c.label}: no validation loss, past the time budget after {states[c.key]['epochs']} "
+                      "epochs", flush=True)
+            elif missing > 0:
+                run_epochs(c, missing, states[c.key], val, args.loss_epochs)
     result["rounds"] = per_round
-    result["gemm_gflops"] = {"fp32": max(peaks["fp32"]), "bf16": max(peaks["bf16"])}
-    result["model_gemm_gflops_bf16"] = max(peaks["model_bf16"])
     result["peaks_per_round"] = peaks
-    print(f"GEMM peak (best of {args.rounds} rounds): fp32 {result['gemm_gflops']['fp32']:.0f} GFLOP/s, bf16 "
-          f"{result['gemm_gflops']['bf16']:.0f} GFLOP/s ({torch.get_num_threads()} threads); the study model's own "
-          f"bf16 GEMM shapes alone: {result['model_gemm_gflops_bf16']:.0f} GFLOP/s "
-          f"({result['model_gemm_gflops_bf16'] / result['gemm_gflops']['bf16']:.0%} of peak)", flush=True)
-    plain_rate = median([rates["plain"] for rates in per_round])
-    result["plain_samples_per_s"] = plain_rate
-    print(f"plain PyTorch loop: {plain_rate:,.0f} samples/s (median of {args.rounds} rounds)", flush=True)
-    result["daelab"] = {}
-    for mode in modes:
-        rate = median([rates[mode] for rates in per_round])
-        ratios = [rates[mode] / rates["plain"] for rates in per_round]
+    ceilings = {name: max(values) for name, values in peaks.items()}
+    result["gemm_gflops"] = ceilings
+    print(f"GEMM rates (best of {len(per_round)} rounds, {torch.get_num_threads()} threads): "
+          + "; ".join(f"{d}: square {args.gemm_size}^3 {ceilings[f'square_{d}']:.0f} GFLOP/s, the study model's "
+                      f"shapes (batch 256, forward+backward: the model-GEMM ceiling) {ceilings[f'model_{d}']:.0f} "
+                      f"GFLOP/s" for d in dtypes), flush=True)
+
+    result["contenders"] = {}
+    for c in contenders:
+        values = [rates[c.key] for rates in per_round if c.key in rates]
+        if not values:
+            continue
+        rate = median(values)
+        ratios = [rates[c.key] / rates["plain"] for rates in per_round if c.key in rates and "plain" in rates]
         achieved = rate * flops / 1e9
-        entry = {"samples_per_s": rate, "ratio_vs_plain": median(ratios),
-                 "ratio_range": [min(ratios), max(ratios)],
-                 "gflops": achieved, "fraction_of_bf16_peak": achieved / result["gemm_gflops"]["bf16"],
-                 "fraction_of_fp32_peak": achieved / result["gemm_gflops"]["fp32"],
-                 "inference_images_per_s": inference_rate(test, mode)}
-        result["daelab"][mode] = entry
-        print(f"daelab {mode}: {rate:,.0f} samples/s = {entry['ratio_vs_plain']:.2f}x plain (rounds: "
-              f"{min(ratios):.2f}-{max(ratios):.2f}x), {achieved:.0f} GFLOP/s ({entry['fraction_of_fp32_peak']:.0%} "
-              f"of fp32 peak, {entry['fraction_of_bf16_peak']:.0%} of bf16 peak); inference "
-              f"{entry['inference_images_per_s']:,.0f} images/s", flush=True)
-    if args.loss_epochs:
-        for mode in modes:
-            with tempfile.TemporaryDirectory() as tmp:
-                began = time.perf_counter()
-                out = fit(ModelConfig(), TrainConfig(epochs=args.loss_epochs, **MODES[mode]), tmp,
-                          dataset=dataset, progress=False)
-                result["daelab"][mode]["val_loss"] = out["final_val_loss"]
-                result["daelab"][mode]["fit_seconds"] = time.perf_counter() - began
-            print(f"daelab {mode}: validation loss after {args.loss_epochs} epochs "
-                  f"{out['final_val_loss']:.5f} ({result['daelab'][mode]['fit_seconds']:.0f}s)", flush=True)
-        for mode in modes:
-            if mode != "fp32" and "fp32" in modes:
-                gap = result["daelab"][mode]["val_loss"] / result["daelab"]["fp32"]["val_loss"] - 1
-                result["daelab"][mode]["val_loss_gap_vs_fp32"] = gap
-                print(f"{mode} vs fp32 validation loss: {gap:+.2%} (target within 2%)")
-    ceiling = result["model_gemm_gflops_bf16"]
-    print("\n| contender | samples/s | x plain | GFLOP/s | of bf16 peak | of model-GEMM rate | inference img/s "
-          "| val loss |")
+        ceiling = ceilings[f"model_{c.dtype}"]
+        entry = {"label": c.label, "dtype": c.dtype, "samples_per_s": rate, "ratio_vs_plain": median(ratios),
+                 "ratio_range": [min(ratios), max(ratios)], "gflops": achieved,
+                 "fraction_of_model_gemm_ceiling": achieved / ceiling,
+                 "fraction_of_square_peak": achieved / ceilings[f"square_{c.dtype}"],
+                 "inference_images_per_s": inference_rate(c.model, test, c.dtype == "bf16"),
+                 "val_loss": states[c.key]["val_loss"], "epochs_run": states[c.key]["epochs"]}
+        result["contenders"][c.key] = entry
+    if args.reference_loop is not None:
+        values = [rates["reference"] for rates in per_round]
+        ratios = [rates["reference"] / rates["plain"] for rates in per_round if "plain" in rates]
+        result["reference_loop"] = {"path": str(args.reference_loop), "samples_per_s": median(values),
+                                    "ratio_vs_plain": median(ratios) if ratios else None}
+
+    loss_head = f"val loss @{args.loss_epochs} ep" if args.loss_epochs else "val loss"
+    print(f"\n| contender | samples/s | x plain (rounds) | GFLOP/s | of model-GEMM ceiling | of square peak "
+          f"| inference img/s | {loss_head} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| plain loop (fp32) | {plain_rate:,.0f} | 1.00 | "
-          f"{plain_rate * flops / 1e9:.0f} | | | | |")
-    for mode, e in result["daelab"].items():
-        print(f"| daelab {mode} | {e['samples_per_s']:,.0f} | {e['ratio_vs_plain']:.2f} | {e['gflops']:.0f} | "
-              f"{e['fraction_of_bf16_peak']:.0%} | {e['gflops'] / ceiling:.0%} | {e['inference_images_per_s']:,.0f} | "
-              f"{e.get('val_loss', float('nan')):.5f} |")
+    for e in result["contenders"].values():
+        low, high = e["ratio_range"]
+        loss = "skipped" if not args.loss_epochs else (
+            f"{e['val_loss']:.5f}" if e["val_loss"] is not None else f"n/a ({e['epochs_run']} epochs run)")
+        print(f"| {e['label']} | {e['samples_per_s']:,.0f} | {e['ratio_vs_plain']:.2f} ({low:.2f}-{high:.2f}) | "
+              f"{e['gflops']:.0f} | {e['fraction_of_model_gemm_ceiling']:.0%} of {e['dtype']} | "
+              f"{e['fraction_of_square_peak']:.0%} | {e['inference_images_per_s']:,.0f} | {loss} |")
+    if "reference_loop" in result:
+        ref = result["reference_loop"]
+        ratio = f"{ref['ratio_vs_plain']:.2f}" if ref["ratio_vs_plain"] is not None else "n/a"
+        print(f"| reference loop ({ref['path']}, subprocess, full data) | {ref['samples_per_s']:,.0f} | {ratio} "
+              "| | | | | |")
+    for mode in ("bf16-torch", "bf16"):
+        entries = result["contenders"]
+        if mode in entries and "fp32" in entries and entries[mode]["val_loss"] and entries["fp32"]["val_loss"]:
+            gap = entries[mode]["val_loss"] / entries["fp32"]["val_loss"] - 1
+            entries[mode]["val_loss_gap_vs_fp32"] = gap
+            print(f"{mode} vs fp32 validation loss: {gap:+.2%} (target within 2%)")
+    result["wall_seconds"] = time.perf_counter() - began
+    print(f"total wall time: {result['wall_seconds']:.0f} s ({result['wall_seconds'] / 60:.1f} min) on "
+          f"{CPU.model}, ISA class {CPU.isa}; {len(per_round)} rounds of {args.epochs} epochs on "
+          f"{len(clean):,} images", flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -1,0 +1,81 @@
+"""The benchmarks run anywhere: bench_train end to end on a tiny synthetic set with the AVX2 path forced,
+and the in-repo plain loop trains the study's model on what daelab's loader reads."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from daelab.data import FASHION_FILES, load_dataset, to_tensor, write_idx
+from daelab.models import ModelConfig, build_model
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory, tiny_dataset):
+    """The tiny synthetic set as the four gzipped IDX files, where both loaders look for them."""
+    directory = tmp_path_factory.mktemp("idx")
+    arrays = {"train_images": tiny_dataset.train_images, "train_labels": tiny_dataset.train_labels,
+              "test_images": tiny_dataset.test_images, "test_labels": tiny_dataset.test_labels}
+    for key, array in arrays.items():
+        write_idx(directory / f"{FASHION_FILES[key]}.gz", np.asarray(array).astype(np.uint8))
+    return directory
+
+
+def test_bench_train_runs_end_to_end_on_the_avx2_path(idx_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, DAELAB_ISA="avx2", PYTHONUNBUFFERED="1")
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "DAELAB_PLAIN_BENCH"):
+        env.pop(name, None)
+    cmd = [sys.executable, str(BENCHMARKS / "bench_train.py"), "--data-dir", str(idx_dir), "--epochs", "2",
+           "--rounds", "1", "--loss-epochs", "2", "--gemm-size", "128", "--gemm-seconds", "0.01",
+           "--reference-loop", str(BENCHMARKS / "plain_loop.py"), "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    result = json.loads(out.read_text())
+    isa = result["machine"]["isa"]
+    assert isa in ("avx2", "other")  # capped to avx2, or lower on a CPU without AVX2
+    assert lines[0].startswith("CPU: ") and f"ISA class {isa}" in lines[0]
+    skip = [line for line in lines if line.startswith("skipping the bf16")]
+    assert len(skip) == 1 and "bf16-torch, bf16" in skip[0] and "no native bf16" in skip[0]
+    if result["machine"]["detected_isa"] not in ("avx2", "other"):  # the cap reached PyTorch's own dispatch
+        assert result["machine"]["torch_capability"] == "AVX2"
+        assert result["machine"]["library_caps"]["ATEN_CPU_CAPABILITY"] == "avx2"
+    contenders = result["contenders"]
+    assert set(contenders) == {"plain", "fp32"}
+    assert contenders["plain"]["ratio_vs_plain"] == 1.0
+    for entry in contenders.values():
+        assert entry["samples_per_s"] > 0 and 0 < entry["fraction_of_model_gemm_ceiling"]
+        assert entry["dtype"] == "fp32" and math.isfinite(entry["val_loss"]) and entry["epochs_run"] == 2
+    assert result["reference_loop"]["samples_per_s"] > 0
+    table = [line for line in lines if line.startswith("| plain loop (fp32) |")]
+    assert len(table) == 1 and "| 1.00 (1.00-1.00) |" in table[0] and "of fp32" in table[0]
+    assert any(line.startswith("| daelab fp32 |") for line in lines)
+    assert lines[-1].startswith("total wall time: ") and f"ISA class {isa}" in lines[-1]
+
+
+def test_plain_loop_trains_the_study_model_on_the_same_images(idx_dir):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import plain_loop
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    clean = plain_loop.load_train_images(idx_dir)
+    assert torch.equal(clean, to_tensor(load_dataset(idx_dir).train_images))
+
+    def shapes(model):
+        return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert shapes(plain_loop.study_dae()) == shapes(build_model(ModelConfig()))
+    loop = plain_loop.PlainLoop(clean, batch_size=64)
+    first, second = loop.epoch(), loop.epoch()
+    assert second.loss < first.loss and loop.epochs == 2 and second.samples_per_s > 0
+    assert plain_loop.steady_rate([1.0, 5.0, 3.0]) == 4.0
