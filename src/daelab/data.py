@@ -78,19 +78,8 @@ class Dataset:
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             if np.ndim(images) != 3:
                 raise DataError(f"{where}: {split} images must be (N, H, W), got shape {np.shape(images)}")
-            _check_labels(labels, len(images), f"{where}: {split}")
-        labels = [np.asarray(lab) for lab in (self.train_labels, self.test_labels) if len(lab)]
-        if labels:
-            lowest = min(int(lab.min()) for lab in labels)
-            if lowest < 0:
-                raise DataError(f"{where}: labels must be >= 0, found {lowest}", "classes are numbered 0, 1, 2, ...")
-            n_classes = max(int(lab.max()) for lab in labels) + 1
-            if n_classes > MAX_CLASSES:
-                raise DataError(f"{where}: labels name {n_classes:,} classes, more than the {MAX_CLASSES} allowed",
-                                "classes are numbered 0 .. n_classes-1")
-        # int64, as torch's losses want; a no-op (the same array) for labels the loaders read
-        self.train_labels = np.asarray(self.train_labels).astype(np.int64, copy=False)
-        self.test_labels = np.asarray(self.test_labels).astype(np.int64, copy=False)
+            # int64, as torch's losses want: the same array for labels the loaders read
+            setattr(self, f"{split}_labels", _check_labels(labels, len(images), f"{where}: {split}"))
 
     @property
     def n_classes(self) -> int:
@@ -110,13 +99,19 @@ class Dataset:
 
 
 def _check_labels(labels, n: int, where) -> np.ndarray:
+    """(n,) integer labels in [0, MAX_CLASSES) -> int64, checked before the cast can wrap a uint64."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != n:
         raise DataError(f"{where}: expected {n} labels of shape ({n},), got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{where}: labels have dtype {labels.dtype}, not an integer type",
                         "store class numbers as integers, e.g. y.astype(np.int64)")
-    return labels
+    if n and int(labels.min()) < 0:
+        raise DataError(f"{where}: labels must be >= 0, found {int(labels.min())}", "classes are numbered 0, 1, 2, ...")
+    if n and int(labels.max()) >= MAX_CLASSES:
+        raise DataError(f"{where}: labels name {int(labels.max()) + 1:,} classes, more than the {MAX_CLASSES} allowed",
+                        "classes are numbered 0 .. n_classes-1")
+    return labels.astype(np.int64, copy=False)
 
 
 def max_data_bytes(max_bytes: int | None = None) -> int:
@@ -244,7 +239,7 @@ def load_idx_pair(images_path: str | os.PathLike, labels_path: str | os.PathLike
     if len(images) != len(labels):
         raise DataError(f"count mismatch: {images_path} has {len(images)} images but {labels_path} "
                         f"has {len(labels)} labels", "the two files are not a pair")
-    return images, _check_labels(labels, len(images), labels_path).astype(np.int64)
+    return images, _check_labels(labels, len(images), labels_path)
 
 
 # ------------------------------------------------------------------------- .npy and .npz files
@@ -354,7 +349,7 @@ def load_npz(path: str | os.PathLike, x_key: str = "x", y_key: str = "y") -> tup
     path = Path(path)
     arrays = load_npz_arrays(path, (x_key, y_key))
     images = _check_images(arrays[x_key], f"{path}[{x_key}]")
-    return images, _check_labels(arrays[y_key], len(images), f"{path}[{y_key}]").astype(np.int64)
+    return images, _check_labels(arrays[y_key], len(images), f"{path}[{y_key}]")
 
 
 def _check_images(images: np.ndarray, path) -> np.ndarray:
