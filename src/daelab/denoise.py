@@ -231,9 +231,10 @@ def _read_picture(path: Path, budget: _Budget) -> ImageFile:
             budget((channels, picture.height, picture.width) if channels == 3 else (picture.height, picture.width))
             converted = picture.convert(mode) if mode not in (picture.mode, "I;16") else picture
             pixels = np.asarray(converted)                     # (H, W) or (H, W, bands), decoded here
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise DataError(f"{path} is not a readable image: {str(exc).splitlines()[0] if str(exc) else exc}",
-                        f"a picture larger than Pillow's limit is refused too; see ${MAX_PIXELS_ENV}") from None
+    except Image.DecompressionBombError as exc:  # past Pillow's own limit, which it checks on opening
+        raise DataError(f"{path}: {exc}", f"a decompression bomb, or a picture over ${MAX_PIXELS_ENV} anyway") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path} is not a readable image: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     alpha = None
     if mode in ("LA", "RGBA"):
         pixels, alpha = pixels[..., :-1], pixels[..., -1].copy()
@@ -269,7 +270,7 @@ def read_image_file(path: str | os.PathLike, image_shape: tuple[int, int] | None
     if path.is_dir():
         raise DataError(f"{path} is a directory, not an image file", "name the files inside it")
     if not path.is_file():
-        raise DataError(f"{path} not found")
+        raise DataError(f"{path} not found" + (" (a dangling symlink or a symlink loop)" if path.is_symlink() else ""))
     suffix = path.suffix.lower()
     budget = _Budget(path, max_pixels(max_values), image_shape)
     if suffix in IMAGE_SUFFIXES:
@@ -431,7 +432,10 @@ def _plan_outputs(inputs: list[ImageFile], reference: ImageFile | None, out_dir:
     for item in inputs:
         for kind in extra_kinds + ["denoised"]:
             target = output_path(item.path, kind, out_dir)
-            resolved = target.resolve()
+            try:
+                resolved = target.resolve()
+            except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+                raise UsageError(f"output {target} is a symlink loop") from None
             stat = os.stat(target) if target.exists() else None
             inode = (stat.st_dev, stat.st_ino) if stat is not None else None
             for role, ids in (("the reference", [reference_id] if reference_id else []), ("an input", inputs_ids)):
