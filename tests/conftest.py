@@ -63,7 +63,7 @@ def png_bytes(width: int, height: int, bit_depth: int = 8, colour_type: int = 0,
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     if idat is None:
-        row = width * {0: 1, 2: 3, 4: 2, 6: 4}[colour_type] * bit_depth // 8
+        row = (width * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour_type] * bit_depth + 7) // 8
         idat = zlib.compress(b"".join(b"\0" + pixels[i * row:(i + 1) * row] for i in range(height)))
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -67,6 +67,13 @@ def test_overwrite_never_replaces_an_input_behind_a_link(tmp_path, tiny_run, tin
     assert source.read_bytes() == before and (out / "x.denoised.npy").read_bytes() == before
 
 
+def test_output_that_is_a_symlink_loop_is_one_line(tmp_path, tiny_run, tiny_dataset, capsys):
+    np.save(tmp_path / "x.npy", tiny_dataset.test_images[0])
+    os.symlink("x.denoised.npy", tmp_path / "x.denoised.npy")
+    assert main(["denoise", str(tiny_run), str(tmp_path / "x.npy"), "--overwrite"]) == 2
+    assert "symlink loop" in one_line(capsys)
+
+
 # ------------------------------------------------------------------------------------ 4: labels
 BAD_LABELS = {"minus_one": -1, "minus_1e9": -10**9, "1e6": 10**6}
 
@@ -88,6 +95,7 @@ def test_probe_refuses_labels_out_of_range_in_one_line(tmp_path, tiny_run, tiny_
     (np.array([0, 1, -1]), ">= 0"),
     (np.array([0, 1, 2**62]), "classes"),
     (np.array([0, 1, 1001]), "more than the 1000"),
+    (np.array([0, 1, 2**64 - 1], np.uint64), "more than the 1000"),  # not wrapped to -1 by a cast first
     (np.array([0.0, 1.0, 2.0]), "not an integer"),
     (np.array([True, False, True]), "not an integer"),
     (np.array([[0, 1, 2]]), "shape"),
