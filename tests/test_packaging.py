@@ -1,0 +1,15 @@
+"""Packaging: a plain `pip install .` (not only the editable install) ships what the code reads at run time."""
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_non_python_file_of_the_package_is_package_data():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(config["tool"]["setuptools"]["package-data"]["daelab"])
+    package = ROOT / "src" / "daelab"
+    needed = {str(path.relative_to(package)) for path in package.rglob("*")
+              if path.is_file() and path.suffix in {".c", ".h", ".json", ".safetensors", ".toml"}}
+    assert needed, "expected the kernels' C sources"
+    assert needed <= listed, f"not shipped by pip install .: {sorted(needed - listed)}"
