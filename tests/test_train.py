@@ -114,3 +114,33 @@ def test_last_and_best_share_one_write_and_stay_apart_after(tmp_path, monkeypatc
     save_checkpoints([tmp_path / LAST, tmp_path / BEST], {"model": {"w": torch.full((3,), 2.0)}, "epoch": 3})
     assert (tmp_path / LAST).stat().st_ino != (tmp_path / BEST).stat().st_ino
     assert load_checkpoint(tmp_path / BEST)["epoch"] == 3 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_every_training_step_is_one_step_policy(tiny_dataset):
+    """fp32 and the bf16 shadow (through TorchStep) and the fused kernels all offer StepPolicy's step."""
+    from daelab.data import to_tensor
+    from daelab.models import build_model
+    from daelab.noise import parse_noise
+    from daelab.train import StepPolicy, TorchStep, WeightPolicy, make_optimizer, make_training_policy
+    data = to_tensor(tiny_dataset.train_images[:64])
+    cpu = torch.device("cpu")
+    steps = []
+    for precision, kernels in (("fp32", "torch"), ("bf16", "torch"), ("bf16", "auto")):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(hidden=(32,), code_dim=8, decoder_hidden=(32,)))
+        optimizer = make_optimizer(model, TrainConfig())
+        policy = make_training_policy(model, optimizer, TrainConfig(precision=precision, kernels=kernels), cpu)
+        if isinstance(policy, WeightPolicy):
+            assert not isinstance(policy, StepPolicy)  # it needs TorchStep to take a step
+            policy = TorchStep(policy, optimizer, policy.module, data, 32)
+        assert isinstance(policy, StepPolicy)
+        shadow = (precision, kernels) == ("bf16", "torch")  # PyTorch's bf16 runs through a bf16 copy
+        assert (policy.module is model) is not shadow
+        before = model.encoder[0].weight.detach().clone()
+        loss = policy.step(data, torch.arange(32), parse_noise("gaussian:0.1"), torch.Generator().manual_seed(1))
+        assert loss.dim() == 0 and 0 < float(loss.detach()) < 1
+        assert not torch.equal(before, model.encoder[0].weight)  # the step updated the master weights
+        steps.append(type(policy).__name__)
+    assert steps[:2] == ["TorchStep", "TorchStep"]
+    from daelab.kernels.fused import load_kernels
+    assert steps[2] == ("FusedMLP" if load_kernels() is not None else "TorchStep")

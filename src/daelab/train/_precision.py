@@ -11,7 +11,7 @@ CPU those casts were 15% of the step.
 from __future__ import annotations
 
 import copy
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from torch import nn
 LOW_PRECISION = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
 
 
+@runtime_checkable
 class WeightPolicy(Protocol):
     """Which weights PyTorch's training step runs through, and how they meet the master weights.
 

@@ -29,8 +29,9 @@ from daelab.train._precision import WeightPolicy, make_policy
 class StepPolicy(Protocol):
     """What a training-step policy offers :func:`train_steps`.
 
-    ``module`` is the model trained (its weights are the ones checkpointed and evaluated), ``dtype``
-    the dtype its matrix products run in, and ``step`` takes one optimizer step on
+    ``module`` is the module the training forward runs through (the model itself, or its bf16
+    shadow; the model keeps the master weights that are checkpointed), ``dtype`` the dtype its
+    matrix products run in, and ``step`` takes one optimizer step on
     ``data[index]`` with fresh ``noise`` from ``generator`` and returns the batch's mean loss as a
     0-d tensor. :class:`TorchStep` and :class:`daelab.kernels.fused.FusedMLP` satisfy it.
     """
