@@ -106,11 +106,16 @@ def test_bootstrap_estimate_is_the_mean_difference_and_scope_is_stated():
     result = hierarchical_bootstrap(a, b, n_boot=300)
     assert result["mean"] == pytest.approx(a.mean() - b.mean())
     assert result["lo"] < result["mean"] < result["hi"]
-    assert result["interval_over"] == {
+    over = result["interval_over"]
+    assert {k: v for k, v in over.items() if k not in ("method", "components")} == {
         "dae_seeds": 3, "classifier_seeds": 5, "test_images": 400,
-        "resampled": ["dae_seeds", "classifier_seeds", "test_images"], "n_boot": 300,
-        "method": result["interval_over"]["method"], "seed": 0}
-    assert "DAE seeds" in result["interval_over"]["method"] and "paired" in result["interval_over"]["method"]
+        "resampled": ["dae_seeds", "classifier_seeds", "test_images"], "n_boot": 300, "seed": 0}
+    assert set(over["components"]) == {"dae_seeds", "classifier_seeds", "test_images"}
+    assert result["se"] == pytest.approx(math.sqrt(sum(over["components"].values())))
+    assert "Satterthwaite" in over["method"]
+    percentile = hierarchical_bootstrap(a, b, n_boot=300, method="percentile")
+    assert [percentile["lo"], percentile["hi"]] == percentile["percentile"] == result["percentile"]
+    assert "crossed paired bootstrap" in percentile["interval_over"]["method"]
     one = hierarchical_bootstrap(a[:1], b, n_boot=300)["interval_over"]
     assert one["resampled"] == ["classifier_seeds", "test_images"] and one["dae_seeds"] == 1
 
@@ -121,7 +126,7 @@ def test_bootstrap_is_seeded_and_a_shared_side_broadcasts():
     first = hierarchical_bootstrap(a, b, n_boot=200, seed=4)
     assert hierarchical_bootstrap(a, b, n_boot=200, seed=4) == first
     assert hierarchical_bootstrap(a, np.stack([b, b]).astype(np.uint8), n_boot=200, seed=4) == first
-    assert hierarchical_bootstrap(a, b, n_boot=200, seed=5)["lo"] != first["lo"]
+    assert hierarchical_bootstrap(a, b, n_boot=200, seed=5)["percentile"] != first["percentile"]
 
 
 def test_a_certain_difference_has_a_zero_width_interval():
@@ -137,6 +142,26 @@ def test_images_only_bootstrap_matches_the_standard_error_of_a_paired_mean():
     differences = a[0, 0].astype(float) - b[0, 0]
     assert result["interval_over"]["resampled"] == ["test_images"]
     assert result["std"] == pytest.approx(differences.std() / math.sqrt(4000), rel=0.08)
+
+
+def test_one_level_gives_the_t_interval_over_its_units():
+    # a deterministic probe on one DAE: the interval over test images is paired_difference's over images
+    rng = np.random.default_rng(5)
+    a, b = _correct(rng, (1, 1, 500), 0.8), _correct(rng, (1, 1, 500), 0.75)
+    result, reference = hierarchical_bootstrap(a, b, n_boot=50), paired_difference(a[0, 0], b[0, 0])
+    assert result["df"] == pytest.approx(499)
+    assert result["lo"] == pytest.approx(reference["lo"]) and result["hi"] == pytest.approx(reference["hi"])
+    # every image right in 3 of 4 classifier seeds (seed s wrong on its own block of images), b always right:
+    # the images do not differ, so the interval is the t-interval over the seeds' accuracy differences
+    seeds_a = np.ones((1, 4, 100), bool)
+    for s, (start, stop) in enumerate(((0, 30), (30, 55), (55, 80), (80, 100))):
+        seeds_a[0, s, start:stop] = False
+    seeds_b = np.ones((1, 4, 100), bool)
+    seeds = hierarchical_bootstrap(seeds_a, seeds_b, n_boot=50)
+    reference = paired_difference(seeds_a[0].mean(axis=1), seeds_b[0].mean(axis=1))
+    assert seeds["interval_over"]["components"]["test_images"] == 0.0
+    assert seeds["df"] == pytest.approx(3)
+    assert seeds["lo"] == pytest.approx(reference["lo"]) and seeds["hi"] == pytest.approx(reference["hi"])
 
 
 def test_pairing_by_image_narrows_the_interval():
@@ -175,6 +200,8 @@ def test_bootstrap_rejects_what_does_not_pair():
         hierarchical_bootstrap(np.ones(10), np.ones(10))
     with pytest.raises(ValueError, match="level"):
         hierarchical_bootstrap(ones, ones, level=1.5)
+    with pytest.raises(ValueError, match="valid: t, percentile"):
+        hierarchical_bootstrap(ones, ones, method="bca")
 
 
 @pytest.mark.parametrize("lo, hi, expected", [
@@ -189,3 +216,4 @@ def test_bootstrap_verdict_wording_follows_the_scope(lo, hi, expected):
     assert bootstrap_verdict({"lo": 0.1, "hi": 0.1, "interval_over": {"dae_seeds": 1, "resampled": []}},
                              scoped=False).startswith("undetermined")
     assert scope({"dae_seeds": 1}) == "for this one trained DAE"
+    assert scope({"dae_seeds": 1, "depends_on_dae": False}) == "(neither side depends on the DAE)"

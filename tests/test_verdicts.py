@@ -10,7 +10,13 @@ dataset is) and both machines' runs on it; the question is how often each interv
 *population* difference -- codes minus raw accuracy averaged over DAE seeds, classifier seeds and
 images -- which is what a verdict without qualification claims. The nominal level is 95%.
 
-Deterministic: every draw is seeded, so the rates below are fixed numbers, not a flaky sample.
+Deterministic: every draw is seeded, so the rates are fixed numbers, not a flaky sample. Measured
+(400 machine-replications; nominal 0.95): the interval over 5 DAE seeds x 5 classifier seeds x 600
+images covered the population difference 0.965 of the time (its bootstrap percentiles 0.96), today's
+classifier-seeds t-interval of one DAE 0.625; over one DAE the new interval covered that DAE's own
+difference 0.985 but the population's only 0.725 -- hence "for this one trained DAE"; two machines'
+verdicts (codes better / raw better / no detectable difference) agreed in 0.915 of the replications
+with the new interval, 0.48 with today's.
 """
 from __future__ import annotations
 
@@ -64,7 +70,8 @@ def _covers(interval: dict, value: float) -> bool:
 def rates() -> dict:
     """How often each interval covers its target, over the replications (machines A and B pooled)."""
     rng = np.random.default_rng(21)
-    hits = {"new": 0, "old": 0, "new_one_dae": 0, "new_one_dae_own": 0, "agree_new": 0, "agree_old": 0}
+    hits = {"new": 0, "percentile": 0, "old": 0, "new_one_dae": 0, "new_one_dae_own": 0, "agree_new": 0,
+            "agree_old": 0}
     for replication in range(REPLICATIONS):
         shared = rng.normal(0.0, IMAGE_SHARED, IMAGES)  # one test set, judged by both machines
         raw_own, codes_own = rng.normal(0.0, IMAGE_OWN, IMAGES), rng.normal(0.0, IMAGE_OWN, IMAGES)
@@ -75,6 +82,7 @@ def rates() -> dict:
             new = hierarchical_bootstrap(codes, raw, LEVEL, N_BOOT, seed)
             old = paired_difference(codes[0].mean(axis=1), raw[0].mean(axis=1), LEVEL)  # today's: seeds of one DAE
             hits["new"] += _covers(new, POPULATION)
+            hits["percentile"] += new["percentile"][0] <= POPULATION <= new["percentile"][1]
             hits["old"] += _covers(old, POPULATION)
             if machine == 0:  # the first DAE of machine A alone, as today's runs have it
                 one = hierarchical_bootstrap(codes[:1], raw, LEVEL, N_BOOT, seed)
@@ -84,7 +92,8 @@ def rates() -> dict:
                               np.sign(old["lo"]) if old["lo"] * old["hi"] > 0 else 0)
         hits["agree_new"] += calls[0][0] == calls[1][0]
         hits["agree_old"] += calls[0][1] == calls[1][1]
-    result = {k: float(v / (2 * REPLICATIONS if k in ("new", "old") else REPLICATIONS)) for k, v in hits.items()}
+    per_machine = ("new", "percentile", "old")  # both machines counted; the rest once per replication
+    result = {k: float(v / (2 * REPLICATIONS if k in per_machine else REPLICATIONS)) for k, v in hits.items()}
     print(f"\ncoverage of the population difference {POPULATION:+.4f} at nominal {LEVEL}: {result}")
     return result
 
@@ -97,6 +106,7 @@ def _band(rate: float, n: int) -> tuple[float, float]:
 def test_the_new_interval_covers_the_population_difference_at_its_nominal_level(rates):
     lo, hi = _band(LEVEL, 2 * REPLICATIONS)
     assert lo <= rates["new"] <= min(hi + 0.02, 1.0), rates  # a little conservative is allowed, not less
+    assert lo <= rates["percentile"] <= min(hi + 0.02, 1.0), rates  # the bootstrap's own percentiles too
 
 
 def test_the_classifier_seeds_interval_undercovers(rates):

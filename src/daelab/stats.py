@@ -7,7 +7,7 @@ initialisation and sample order where the two settings allow it), whose interval
 verdict: a difference is only called when its interval excludes zero. A probe's comparison has
 more sources of chance than its classifier seeds -- the trained DAE (its seed, and the CPU's
 arithmetic, which changes the codes) and the test images -- so :func:`hierarchical_bootstrap`
-resamples all three from per-image correctness, says in its result what it was over, and
+takes all three into the interval from per-image correctness, says in its result what it is over, and
 :func:`bootstrap_verdict` words the verdict from that scope ("for this one trained DAE").
 """
 from __future__ import annotations
@@ -22,8 +22,13 @@ from threadpoolctl import threadpool_limits
 from daelab.seeds import bootstrap_rng
 
 NO_DIFFERENCE = "no detectable difference"
-BOOTSTRAP_METHOD = ("nested percentile bootstrap: DAE seeds, then classifier seeds within each resampled DAE seed, "
-                    "then test images (one draw per replicate, shared by every seed and by both sides: paired)")
+# How hierarchical_bootstrap's interval is made (the key is its ``method`` argument).
+METHODS = {
+    "t": "Student-t interval on the design's variance components (DAE seeds, classifier seeds, test images; each "
+         "the variance of the level's means over its units / units), Satterthwaite degrees of freedom",
+    "percentile": "percentile interval of a crossed paired bootstrap: DAE seeds, classifier seeds and test images "
+                  "each resampled once per replicate, shared by the other levels and by both sides",
+}
 # The three levels of a probe's design, outermost first, as hierarchical_bootstrap names them.
 LEVELS = ("dae_seeds", "classifier_seeds", "test_images")
 
@@ -109,17 +114,27 @@ def verdict(difference: dict, a: str = "codes", b: str = "raw") -> str:
 
 
 def hierarchical_bootstrap(correct_a, correct_b, level: float = 0.95, n_boot: int = 2000, seed: int = 0,
-                           chunk: int = 256) -> dict:
-    """Paired difference of two accuracies with a nested bootstrap interval over DAE seeds, classifier seeds and images.
+                           method: str = "t", chunk: int = 256) -> dict:
+    """Paired difference of two accuracies with an interval over DAE seeds, classifier seeds and test images.
 
     The estimate is the mean of ``correct_a - correct_b`` over every (DAE seed, classifier seed, test
-    image). Each bootstrap replicate draws DAE seeds with replacement, then classifier seeds with
-    replacement within each drawn DAE seed, then test images with replacement -- one image draw per
-    replicate, shared by every seed and by ``a`` and ``b``, since the test set is one sample that
-    every run is judged on (paired). A level with one unit is not resampled (it is named in the
-    result, not in ``resampled``). Images enter through multinomial weights applied to per-image
-    differences (a matrix product per chunk of replicates), so B = 2000 on 3 x 5 x 10,000 takes
-    about a second.
+    image). The three levels are *crossed*, as a probe's design is: classifier seed s is the same
+    seed (streams, split) for every DAE and both sides -- raw's run with seed s is paired with every
+    DAE's codes run with seed s -- and image i is the same test image for every run. So each
+    bootstrap replicate draws DAE seeds, classifier seeds and images with replacement, each once,
+    shared by the other levels and by ``a`` and ``b`` (paired; Owen's "pigeonhole" bootstrap, a
+    little conservative). Resampling classifier seeds within each DAE seed instead would treat
+    raw's seed-to-seed spread, which every DAE shares, as if it averaged out over DAEs.
+
+    The interval (``method``): ``"t"`` (default) is ``mean -+ t * se`` with ``se**2`` the sum over
+    the levels with more than one unit of (variance of that level's means) / units, and ``t`` the
+    Student quantile with Welch-Satterthwaite degrees of freedom. With a single level it is the
+    t-interval over that level's units (:func:`paired_difference` over classifier seeds when the
+    images agree, over images for a deterministic probe), so it does not narrow with few DAE or
+    classifier seeds as a percentile interval does (5 units: 0.8 of the spread, normal tails).
+    ``"percentile"`` takes the bootstrap replicates' percentiles. Both are in the result. Images
+    enter the replicates through multinomial weights applied to per-image differences (a matrix
+    product per chunk of replicates): B = 2000 on 3 x 5 x 10,000 takes about a second.
 
     Parameters
     ----------
@@ -134,61 +149,84 @@ def hierarchical_bootstrap(correct_a, correct_b, level: float = 0.95, n_boot: in
         Bootstrap replicates B.
     seed : int
         Seeds the resampling (stream :data:`daelab.seeds.BOOTSTRAP`): the same inputs and seed give
-        the same interval.
+        the same result.
+    method : {"t", "percentile"}
+        Which interval ``lo`` and ``hi`` are (see above).
     chunk : int
         Replicates per matrix product (memory: ``chunk * N`` weights).
 
     Returns
     -------
     dict
-        ``mean`` (the difference a - b), ``lo``, ``hi`` (the ``(1 -+ level) / 2`` percentiles of the
-        replicates), ``std`` (their standard deviation: the bootstrap standard error), ``level`` and
-        ``interval_over``: ``{"dae_seeds": D, "classifier_seeds": S, "test_images": N, "resampled":
-        [the levels with more than one unit, outermost first], "n_boot": B, "method", "seed"}``.
+        ``mean`` (the difference a - b), ``lo``, ``hi`` (the interval), ``se`` (the components'
+        standard error), ``df``, ``std`` (the bootstrap replicates' standard deviation),
+        ``percentile`` ([lo, hi] of the replicates), ``level`` and ``interval_over``:
+        ``{"dae_seeds": D, "classifier_seeds": S, "test_images": N, "resampled": [the levels with
+        more than one unit, outermost first], "components": {level: variance of the mean}, "n_boot":
+        B, "method": what the interval is, "seed"}``.
 
     Notes
     -----
     What it covers is what was resampled: with one DAE seed, the difference *for that trained DAE*
     (over classifier seeds and the image population), which a different DAE seed -- or CPU -- may not
-    share. ``tests/test_verdicts.py`` measures it on synthetic data, nominal 95%: over 5 DAE seeds
-    it covered the population difference 92.75% of the time (the classifier-seeds t-interval of one
-    DAE: 62.5%); over one DAE seed it covered that DAE's own difference 98.5%. A percentile interval
-    over few top-level units is a little narrow (D - 1 of D spread, normal tails); lower levels,
-    whose spread is counted in the upper level's too, make it a little wide.
+    share. ``tests/test_verdicts.py`` measures the coverage on synthetic data (see there).
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if n_boot < 2:
         raise ValueError(f"n_boot must be >= 2, got {n_boot}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     a, b = _correctness(correct_a, "correct_a"), _correctness(correct_b, "correct_b")
     if a.shape[1:] != b.shape[1:] or (a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0])):
         raise ValueError(f"correct_a {a.shape} and correct_b {b.shape} do not pair: need (D, S, N) and (D or 1, S, N)")
     a, b = np.broadcast_arrays(a, b)
-    dae_seeds, classifier_seeds, images = a.shape
     differences = a.astype(np.int64) - b  # (D, S, N) in {-1, 0, 1}
-    total = dae_seeds * classifier_seeds * images
+    sizes = dict(zip(LEVELS, differences.shape))
+    mean = float(differences.sum() / differences.size)
+    components = _components(differences)
+    replicates = _crossed_replicates(differences, bootstrap_rng(seed), n_boot, chunk)
+    percentile = [float(x) for x in np.quantile(replicates, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])]
+    variance = sum(components.values())
+    # Welch-Satterthwaite: each component has (its units - 1) degrees of freedom
+    df = (variance ** 2 / sum(v ** 2 / (sizes[k] - 1) for k, v in components.items() if v > 0)
+          if variance > 0 else math.inf)
+    if method == "t":
+        half = float(_scipy_stats.t.ppf((1.0 + level) / 2.0, df)) * math.sqrt(variance) if variance > 0 else 0.0
+        lo, hi = mean - half, mean + half
+    else:
+        lo, hi = percentile
+    over = {**sizes, "resampled": [name for name in LEVELS if sizes[name] > 1], "components": components,
+            "n_boot": int(n_boot), "method": METHODS[method], "seed": int(seed)}
+    return {"mean": mean, "lo": lo, "hi": hi, "se": math.sqrt(variance), "df": df,
+            "std": float(replicates.std(ddof=1)), "percentile": percentile, "level": level, "interval_over": over}
+
+
+def _components(differences: np.ndarray) -> dict[str, float]:
+    """Per level with more than one unit: the variance its units add to the grand mean (var of its means / units)."""
+    components = {}
+    for axis, name in enumerate(LEVELS):
+        units = differences.shape[axis]
+        if units > 1:
+            others = tuple(k for k in range(3) if k != axis)
+            components[name] = float(differences.mean(axis=others).var(ddof=1) / units)
+    return components
+
+
+def _crossed_replicates(differences: np.ndarray, rng: np.random.Generator, n_boot: int, chunk: int) -> np.ndarray:
+    """(n_boot,) bootstrap means: DAE seeds, classifier seeds and images each drawn once per replicate."""
+    dae_seeds, classifier_seeds, images = differences.shape
     # float32 is exact here: a replicate's per-run sum is an integer of magnitude <= N (weights sum to N)
     per_run = differences.reshape(dae_seeds * classifier_seeds, images).astype(np.float32)
-    sizes = dict(zip(LEVELS, (dae_seeds, classifier_seeds, images)))
-    resampled = [name for name in LEVELS if sizes[name] > 1]
-    rng = bootstrap_rng(seed)
     replicates = np.empty(n_boot, dtype=np.float64)
     # one BLAS thread: these products are small, and spare threads spinning on busy cores made them 3x slower
     with threadpool_limits(limits=1, user_api="blas"):
         for start in range(0, n_boot, chunk):
             m = min(chunk, n_boot - start)
-            weights = _image_weights(rng, m, images) if images > 1 else np.ones((m, 1), dtype=np.float32)
-            sums = weights @ per_run.T  # (m, D * S): each run's weighted sum of per-image differences
-            daes = rng.integers(0, dae_seeds, (m, dae_seeds)) if dae_seeds > 1 else np.zeros((m, 1), dtype=np.int64)
-            seeds = (rng.integers(0, classifier_seeds, (m, dae_seeds, classifier_seeds)) if classifier_seeds > 1
-                     else np.zeros((m, dae_seeds, 1), dtype=np.int64))
-            runs = (daes[:, :, None] * classifier_seeds + seeds).reshape(m, -1)  # (m, D * S) drawn (d, s) pairs
-            replicates[start:start + m] = np.take_along_axis(sums, runs, axis=1).sum(axis=1, dtype=np.float64)
-    replicates /= total
-    lo, hi = np.quantile(replicates, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
-    over = {**sizes, "resampled": resampled, "n_boot": int(n_boot), "method": BOOTSTRAP_METHOD, "seed": int(seed)}
-    return {"mean": float(differences.sum() / total), "lo": float(lo), "hi": float(hi),
-            "std": float(replicates.std(ddof=1)), "level": level, "interval_over": over}
+            sums = (_counts(rng, m, images) @ per_run.T).reshape(m, dae_seeds, classifier_seeds)
+            replicates[start:start + m] = np.einsum("rds,rd,rs->r", sums.astype(np.float64),
+                                                    _counts(rng, m, dae_seeds), _counts(rng, m, classifier_seeds))
+    return replicates / differences.size
 
 
 def _correctness(values, name: str) -> np.ndarray:
@@ -203,10 +241,13 @@ def _correctness(values, name: str) -> np.ndarray:
     return array.astype(np.int8)
 
 
-def _image_weights(rng: np.random.Generator, replicates: int, images: int) -> np.ndarray:
-    """(replicates, images) multinomial counts: how often each image is drawn in each replicate's resample."""
-    draws = rng.integers(0, images, (replicates, images)) + (np.arange(replicates) * images)[:, None]
-    return np.bincount(draws.ravel(), minlength=replicates * images).reshape(replicates, images).astype(np.float32)
+def _counts(rng: np.random.Generator, replicates: int, units: int) -> np.ndarray:
+    """(replicates, units) float32 multinomial counts: how often each unit is drawn in each replicate's resample
+    (all ones for a single unit, which is not resampled)."""
+    if units == 1:
+        return np.ones((replicates, 1), dtype=np.float32)
+    draws = rng.integers(0, units, (replicates, units)) + (np.arange(replicates) * units)[:, None]
+    return np.bincount(draws.ravel(), minlength=replicates * units).reshape(replicates, units).astype(np.float32)
 
 
 def scope(interval_over: dict) -> str:
@@ -216,8 +257,12 @@ def scope(interval_over: dict) -> str:
     Parameters
     ----------
     interval_over : dict
-        The ``interval_over`` of :func:`hierarchical_bootstrap` (``dae_seeds`` at least).
+        The ``interval_over`` of :func:`hierarchical_bootstrap` (``dae_seeds`` at least). A caller that
+        compares two things neither of which depends on the DAE (raw pixels and PCA, say) sets
+        ``depends_on_dae`` False there, and the scope says so instead.
     """
+    if interval_over.get("depends_on_dae") is False:
+        return "(neither side depends on the DAE)"
     count = int(interval_over["dae_seeds"])
     return "for this one trained DAE" if count == 1 else f"over {count} trained DAEs"
 
