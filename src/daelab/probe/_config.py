@@ -20,6 +20,8 @@ PROBES = {
     "linear": "multinomial logistic regression (lbfgs) on standardised features",
     "knn": "k nearest neighbours (Euclidean, brute force) on the features as they are",
 }
+# The feature sets that a trained DAE produces (the others are the same for every DAE seed).
+DAE_FEATURES = ("codes", "codes_noisy")
 # Pairs compared when both are present: (a, b) asks "is a better than b?".
 COMPARISONS = (("codes", "raw"), ("codes", "pca"), ("pca", "raw"), ("codes_noisy", "codes"))
 CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -29,6 +31,8 @@ JSON_FILE = "probe.json"
 MARKDOWN_FILE = "probe.md"
 CONFUSION_FIGURE = "figures/confusion.png"
 ACCURACY_FIGURE = "figures/probe_accuracy.png"
+SEEDS_FIGURE = "figures/probe_seeds.png"
+CORRECT_FILE = "probe_correct.npz"
 
 
 def _names_help(names: dict) -> str:
@@ -61,6 +65,12 @@ class ProbeConfig:
     checkpoint: str = field(default="best", metadata={"help": "which checkpoint of the run",
                                                       "choices": ("best", "last")})
     level: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
+    n_boot: int = field(default=2000, metadata={"help": "bootstrap replicates of the intervals over DAE seeds, "
+                                                        "classifier seeds and test images"})
+    interval: str = field(default="t", metadata={
+        "help": "the verdicts' interval over DAE seeds x classifier seeds x test images: t (Student-t on the "
+                "variance components, Satterthwaite) or percentile (of the crossed bootstrap)",
+        "choices": ("t", "percentile")})
     # Default 0. With worker processes (see workers) every probe job runs on one thread in its own
     # process. Without them the classifier (fused kernels) and kNN run on every core, and the linear
     # probe on one, which measured fastest on a quiet 2-core machine (5-epoch probe: MLPs 12.0 s ->
@@ -84,7 +94,9 @@ class ProbeConfig:
                   (self.linear_c > 0, "linear-c must be > 0"), (self.linear_max_iter >= 1, "linear-max-iter >= 1"),
                   (self.subset is None or self.subset >= 2, "subset must be >= 2"),
                   (self.test_subset is None or self.test_subset >= 1, "test-subset must be >= 1"),
-                  (0 < self.level < 1, "level must be in (0, 1)"), (self.threads >= 0, "threads must be >= 0"),
+                  (0 < self.level < 1, "level must be in (0, 1)"), (self.n_boot >= 2, "n-boot must be >= 2"),
+                  (self.interval in ("t", "percentile"), "interval must be t or percentile"),
+                  (self.threads >= 0, "threads must be >= 0"),
                   (self.workers >= 0, "workers must be >= 0")]
         for ok, message in checks:
             if not ok:

@@ -1,4 +1,4 @@
-"""Figures of the feature probes: a confusion matrix and test accuracy with intervals per feature x probe."""
+"""Figures of the feature probes: a confusion matrix, accuracies with intervals per feature x probe, every run."""
 from __future__ import annotations
 
 import os
@@ -73,6 +73,54 @@ def plot_probe_accuracy(results: list[dict], path: str | os.PathLike, level: flo
                  "(dots: seeds; one point: a deterministic probe, run once)", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_seed_accuracy(results: list[dict], path: str | os.PathLike, level: float = 0.95,
+                       dae_seeds: list[int] | None = None) -> None:
+    """Each run's test accuracy as a dot, and the interval the verdicts rest on as a bar, per probe and feature.
+
+    One panel per probe; in it, one column per feature set: a dot per (DAE seed, classifier seed),
+    the DAE seeds side by side in their own colours, and beside them the accuracy's interval over DAE
+    seeds x classifier seeds x test images (the one the verdicts use) with its mean.
+
+    Parameters
+    ----------
+    results : rows with ``feature``, ``probe``, ``accuracies_by_dae`` ((D, S) nested lists) and
+        ``interval`` (``mean``, ``lo``, ``hi``) with its ``interval_over``.
+    path : where the PNG goes.
+    level : the intervals' level, for the title.
+    dae_seeds : the DAE seeds, in the order of ``accuracies_by_dae`` (for the legend).
+    """
+    probes = list(dict.fromkeys(r["probe"] for r in results))
+    features = list(dict.fromkeys(r["feature"] for r in results))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, len(probes), figsize=(max(4.0, 2.6 * len(probes) + 0.8), 3.8), dpi=120, squeeze=False)
+    for ax, probe in zip(axes[0], probes):
+        for j, feature in enumerate(features):
+            row = next((r for r in results if r["feature"] == feature and r["probe"] == probe), None)
+            if row is None:
+                continue
+            by_dae = row["accuracies_by_dae"]
+            for d, accuracies in enumerate(by_dae):  # DAE seeds side by side, left of the bar
+                x = j - 0.3 + 0.3 * (d + 0.5) / len(by_dae)
+                ax.plot([x] * len(accuracies), accuracies, "o", ms=3.5, color=colors[d % len(colors)], alpha=0.75,
+                        label=f"DAE seed {dae_seeds[d] if dae_seeds else d}" if j == 0 and len(by_dae) > 1 else None)
+            interval = row["interval"]
+            ax.errorbar([j + 0.15], [interval["mean"]], yerr=[[interval["mean"] - interval["lo"]],
+                                                              [interval["hi"] - interval["mean"]]],
+                        fmt="s", ms=4, color="black", capsize=5, lw=1.4)
+        ax.set_xticks(range(len(features)), features, fontsize=8)
+        ax.set_xlim(-0.5, len(features) - 0.5)
+        ax.set_title(probe, fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy")
+    if any(len(r["accuracies_by_dae"]) > 1 for r in results):
+        axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(f"dots: each (DAE seed, classifier seed) run; bars: {int(round(100 * level))}% interval over "
+                 "DAE seeds x classifier seeds x test images", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

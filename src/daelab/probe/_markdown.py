@@ -1,4 +1,9 @@
-"""``probe.md``: the probe's report as a Markdown page (results table, comparisons, headline, figures)."""
+"""``probe.md``: the probe's report as a Markdown page (results table, comparisons, headline, figures).
+
+Every interval on the page says what it is over: the Student-t interval over the first DAE's
+classifier seeds (or test images, for a deterministic probe) that the probe has always reported,
+and the interval over DAE seeds x classifier seeds x test images that the verdicts follow.
+"""
 from __future__ import annotations
 
 
@@ -16,24 +21,52 @@ def format_markdown(report: dict) -> str:
         The Markdown page.
     """
     pct = int(round(100 * report["level"]))
+    over = report.get("interval_over", {})
+    design = (f"{over['dae_seeds']} trained DAE{'s' if over['dae_seeds'] != 1 else ''} (seeds "
+              f"{', '.join(map(str, report.get('dae_seeds', [])))}) x {over['classifier_seeds']} classifier seeds x "
+              f"{over['test_images']} test images" if over else "")
     lines = [f"# Feature probes: {report['run_dir']}", "",
-             f"{report['data']['split']}. Seeds: {report['seeds']}; intervals are {pct}% Student-t intervals.", "",
-             f"| feature | probe | test accuracy (mean ± std) | {pct}% interval | n | varied between seeds |",
-             "|---|---|---|---|---|---|"]
+             f"{report['data']['split']}. Seeds: {report['seeds']}; the t-intervals are {pct}% Student-t intervals "
+             "over the first DAE's classifier seeds (a deterministic probe: over its test images)."]
+    if over:
+        lines += ["", f"**What the verdicts rest on:** {pct}% intervals over {design}, paired: {over['method']} "
+                      f"(bootstrap: {over['n_boot']} replicates). Verdicts hold {over['scope']}: "
+                      + ("the DAE's training seed -- and the CPU, which changes the trained codes as a new seed "
+                         "would -- is not in the interval." if over["dae_seeds"] == 1 else
+                         "the DAE's training seed is resampled with the rest.")]
+    lines += ["", f"| feature | probe | test accuracy (mean ± std) | {pct}% t-interval | n | "
+                  f"{pct}% interval over the design | varied between seeds |",
+              "|---|---|---|---|---|---|---|"]
     for r in report["results"]:
+        design_interval = f"[{r['interval']['lo']:.4f}, {r['interval']['hi']:.4f}]" if "interval" in r else "–"
         lines.append(f"| {r['feature']} | {r['probe']} | {r['mean']:.4f} ± {r['std']:.4f} | "
-                     f"[{r['lo']:.4f}, {r['hi']:.4f}] | {r['n']} | {r['varied']} |")
-    lines += ["", f"| probe | comparison | mean difference | {pct}% interval | paired over | verdict |",
-              "|---|---|---|---|---|---|"]
+                     f"[{r['lo']:.4f}, {r['hi']:.4f}] | {r['n']} | {design_interval} | {r['varied']} |")
+    lines += ["", f"| probe | comparison | mean difference | {pct}% t-interval | paired over | "
+                  f"{pct}% interval over the design | over (DAE seeds × classifier seeds × images) | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
     for c in report["comparisons"]:
+        if "interval" in c:
+            o = c["interval_over"]
+            design_interval = f"[{c['interval']['lo']:+.4f}, {c['interval']['hi']:+.4f}]"
+            sizes = f"{o['dae_seeds']} × {o['classifier_seeds']} × {o['test_images']}"
+        else:
+            design_interval = sizes = "–"
         lines.append(f"| {c['probe']} | {c['a']} − {c['b']} | {c['mean']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] | "
-                     f"{c['n']} {c['over']} | **{c['verdict']}** |")
+                     f"{c['n']} {c['over']} | {design_interval} | {sizes} | "
+                     f"**{c.get('verdict_scoped', c['verdict'])}** |")
     study = report["study"]
     lines += ["", f"The study (one run each): codes {study['codes_accuracy']}, raw {study['raw_accuracy']} "
                   f"(claimed {study['codes_claimed']} vs {study['raw_claimed']}).", ""]
     if report["headline"]:
         h = report["headline"]
-        lines.append(f"**Headline ({h['probe']}, {h['a']} vs {h['b']}): {h['verdict']}** "
-                     f"(difference {h['mean']:+.4f}, {pct}% interval [{h['lo']:+.4f}, {h['hi']:+.4f}]).")
-    lines += ["", f"![confusion]({report['figures']['confusion']}) ![accuracy]({report['figures']['accuracy']})", ""]
+        if "interval" in h:
+            lines.append(f"**Headline ({h['probe']}, {h['a']} vs {h['b']}): {h['verdict_scoped']}** (difference "
+                         f"{h['interval']['mean']:+.4f}, {pct}% interval [{h['interval']['lo']:+.4f}, "
+                         f"{h['interval']['hi']:+.4f}] over {design}; the t-interval over {h['n']} {h['over']} "
+                         f"alone: [{h['lo']:+.4f}, {h['hi']:+.4f}], {h['seeds_verdict']}).")
+        else:
+            lines.append(f"**Headline ({h['probe']}, {h['a']} vs {h['b']}): {h['verdict']}** "
+                         f"(difference {h['mean']:+.4f}, {pct}% interval [{h['lo']:+.4f}, {h['hi']:+.4f}]).")
+    figures = report["figures"]
+    lines += ["", " ".join(f"![{name}]({path})" for name, path in figures.items()), ""]
     return "\n".join(lines)

@@ -6,18 +6,22 @@ encoder and from the images (``codes``, ``codes_noisy``, ``raw``, and ``pca`` --
 linear code of the same width; :mod:`daelab.probe._features`), trains probes on each (``mlp``: the
 study's classifier, over ``n`` seeds, all seeds of a feature set trained at once by
 :mod:`daelab.probe._classifier`; ``linear``: standardised multinomial logistic regression; ``knn``:
-k nearest neighbours; as jobs of :mod:`daelab.probe._jobs`), and compares feature sets with paired
-differences and t-intervals (:mod:`daelab.stats`). Every probe trains on the same split -- Keras'
-``validation_split``: the first 7/9 of the training images, the last 2/9 held out -- and is judged
-on the test set. It writes ``probe.json`` (every number, and the relative paths of the figures),
-``probe.md`` (:mod:`daelab.probe._markdown`) and ``figures/`` into the run directory.
+k nearest neighbours; as jobs of :mod:`daelab.probe._jobs`), and compares feature sets
+(:mod:`daelab.probe._compare`). ``probe_runs`` does the same for several trained DAEs of one
+config (their seeds differ), so that a comparison's interval -- over DAE seeds, classifier seeds
+and test images, paired -- covers the DAE's training too. Every probe trains on the
+same split -- Keras' ``validation_split``: the first 7/9 of the training images, the last 2/9 held
+out -- and is judged on the test set. It writes ``probe.json`` (every number, what each interval is
+over, and the relative paths of the figures), ``probe.md`` (:mod:`daelab.probe._markdown`),
+``probe_correct.npz`` (per-image correctness) and ``figures/`` into the (first) run directory.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +34,18 @@ from daelab.data import Dataset, load_dataset
 from daelab.errors import ConfigError
 from daelab.probe._classifier import keras_validation_split
 from daelab.probe._classifier import warm_up as classifier_warm_up
+from daelab.probe._compare import correctness, design_comparison, design_row, headline
 from daelab.probe._config import (
     ACCURACY_FIGURE,
     CLASS_NAMES,
     COMPARISONS,
     CONFUSION_FIGURE,
+    CORRECT_FILE,
+    DAE_FEATURES,
     JSON_FILE,
     MARKDOWN_FILE,
     PROBES,
+    SEEDS_FIGURE,
     ProbeConfig,
 )
 from daelab.probe._features import extract_features
@@ -46,15 +54,19 @@ from daelab.probe._markdown import format_markdown
 from daelab.probe._shallow import warm_up as shallow_warm_up
 from daelab.probe._stacked import parameter_counts
 from daelab.runs import load_model, write_json
-from daelab.stats import mean_ci, paired_difference, verdict
+from daelab.stats import LEVELS, METHODS, mean_ci, scope
 from daelab.workers import WorkerPool, available_cores
 
 log = logging.getLogger(__name__)
+# Train settings that do not change what a run trains (beside the seed, which is what may differ).
+_RUNTIME_ONLY = ("seed", "threads", "checkpoint_every")
 
 
 def probe_run(run_dir: str | os.PathLike, config: ProbeConfig | None = None, dataset: Dataset | None = None,
               progress: bool = True) -> dict:
-    """Probe the encoder of ``run_dir``; write ``probe.json``, ``probe.md`` and figures there.
+    """Probe the encoder of ``run_dir``; write ``probe.json``, ``probe.md``, ``probe_correct.npz`` and figures there.
+
+    The one-DAE case of :func:`probe_runs`: its intervals and verdicts speak "for this one trained DAE".
 
     Parameters
     ----------
@@ -71,11 +83,55 @@ def probe_run(run_dir: str | os.PathLike, config: ProbeConfig | None = None, dat
     -------
     dict
         The content of ``probe.json`` (see its keys: ``results``, ``comparisons``, ``headline``,
-        ``study``, ``best``, ``confusion``, ``figures``, ...).
+        ``interval_over``, ``study``, ``best``, ``confusion``, ``figures``, ...), plus ``correct_arrays``
+        (the per-image correctness, as :func:`load_correct` reads it back).
     """
+    return probe_runs([run_dir], config, dataset, progress)
+
+
+def probe_runs(run_dirs: Sequence[str | os.PathLike], config: ProbeConfig | None = None,
+               dataset: Dataset | None = None, progress: bool = True, out_dir: str | os.PathLike | None = None) -> dict:
+    """Probe several trained DAEs of one config (different seeds) and compare features over all of them.
+
+    The features that do not depend on the DAE (``raw``, ``pca``) are probed once; every DAE's
+    ``codes`` (and ``codes_noisy``) are probed with the same classifier seeds, split and test images.
+    Each comparison's ``interval`` is over DAE seeds x classifier seeds x test images, paired
+    (:func:`daelab.stats.hierarchical_bootstrap`, ``config.interval``), and decides its ``verdict``; the
+    first run's classifier-seeds interval (today's) is kept beside it. With one run the numbers of
+    the first run are those :func:`probe_run` has always given, bit for bit.
+
+    Parameters
+    ----------
+    run_dirs : sequence of str or os.PathLike
+        Run directories written by ``daelab train`` with the same model and training config except
+        ``--seed`` (and the thread settings); the seeds must differ.
+    config : ProbeConfig, optional
+        As for :func:`probe_run`.
+    dataset : Dataset, optional
+        Images to use instead of loading the first run's dataset.
+    progress : bool
+        Show progress bars.
+    out_dir : str or os.PathLike, optional
+        Where ``probe.json``, ``probe.md``, ``probe_correct.npz`` and ``figures/`` go (default: the
+        first run directory).
+
+    Returns
+    -------
+    dict
+        As :func:`probe_run`; ``run_dirs`` and ``dae_seeds`` list the runs.
+
+    Raises
+    ------
+    ConfigError
+        No run given, runs trained with other settings than the first, or two runs with one seed.
+    """
+    runs = [Path(run_dir) for run_dir in run_dirs]
+    if not runs:
+        raise ConfigError("no run directory to probe", "give one or more run directories of daelab train")
     config = config or ProbeConfig()
+    out = Path(out_dir) if out_dir is not None else runs[0]
     if not config.threads:
-        return _probe_run(Path(run_dir), config, dataset, progress)
+        return _probe_runs(runs, out, config, dataset, progress)
     # Cap torch *and* the BLAS/OpenMP pools scikit-learn uses: on a shared machine, idle threads
     # spinning in a pool make lbfgs several times slower (measured 7.5x on 2 loaded cores).
     from threadpoolctl import threadpool_limits
@@ -83,48 +139,115 @@ def probe_run(run_dir: str | os.PathLike, config: ProbeConfig | None = None, dat
     torch.set_num_threads(config.threads)
     try:
         with threadpool_limits(limits=config.threads):
-            return _probe_run(Path(run_dir), config, dataset, progress)
+            return _probe_runs(runs, out, config, dataset, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-def _probe_run(run_dir: Path, config: ProbeConfig, dataset: Dataset | None, progress: bool) -> dict:
+def load_correct(out_dir: str | os.PathLike) -> dict[tuple[str, str], np.ndarray]:
+    """The per-image correctness a probe stored: ``{(feature, probe): (D, S, N) bool}`` (D = 1 for raw/pca).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        Where the probe wrote ``probe_correct.npz``.
+    """
+    with np.load(Path(out_dir) / CORRECT_FILE) as stored:
+        return {tuple(key.split("/")): stored[key] for key in stored.files if "/" in key}
+
+
+def _probe_runs(runs: list[Path], out: Path, config: ProbeConfig, dataset: Dataset | None, progress: bool) -> dict:
     began = time.perf_counter()
-    model, checkpoint = load_model(run_dir, config.checkpoint)
+    trained = [load_model(run_dir, config.checkpoint) for run_dir in runs]
+    dae_seeds = _check_one_design(runs, [checkpoint for _, checkpoint in trained])
+    model, checkpoint = trained[0]
     data = _probe_data(checkpoint, config, dataset)
     features = extract_features(model, checkpoint, data.dataset, config.features, data.split.cut, config.seed)
-    outcomes = _run_probes(features, data.split, config, progress)
-    results = [_result_row(fname, pname, outcomes[fname, pname], config.level)
+    outcomes = [_run_probes(features, data.split, config, progress), *_probe_more_daes(trained[1:], data, config,
+                                                                                        progress)]
+    design = (config.level, config.n_boot, config.seed, config.interval)
+    results = [design_row(_result_row(fname, pname, outcomes[0][fname, pname], config.level), outcomes, *design)
                for fname in config.features for pname in config.probes]
-    comparisons = [{"probe": pname, **compare(outcomes[a, pname], outcomes[b, pname], a, b, config.level)}
+    comparisons = [design_comparison(outcomes, pname, a, b, *design)
                    for pname in config.probes for a, b in COMPARISONS
                    if a in config.features and b in config.features]
     best = max(results, key=lambda row: row["mean"])
-    confusion = _confusion(best, outcomes[best["feature"], best["probe"]], data)
-    _draw_figures(run_dir, results, confusion, config.level)
+    confusion = _confusion(best, outcomes[0][best["feature"], best["probe"]], data)
+    correct = {f"{fname}/{pname}": correctness(outcomes, fname, pname)
+               for fname in config.features for pname in config.probes}
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / CORRECT_FILE, test_labels=data.dataset.test_labels, **correct)
+    _draw_figures(out, results, confusion, config.level, dae_seeds)
+    top = headline(comparisons)
     probe_report = {
         "version": 1,
-        "run_dir": str(run_dir),
+        "run_dir": str(runs[0]),
+        "run_dirs": [str(run_dir) for run_dir in runs],
+        "dae_seeds": dae_seeds,
         "checkpoint": config.checkpoint,
         "config": to_jsonable(config),
         "data": data.description(),
         "seeds": data.split.seeds,
         "level": config.level,
+        "interval_over": _interval_over(dae_seeds, data, config),
         "features": {k: {key: v for key, v in f.items() if key not in ("train", "test")} for k, f in features.items()},
         "probes": {k: PROBES[k] for k in config.probes},
         "classifier_params": parameter_counts(model.code_dim),
         "results": results,
         "comparisons": comparisons,
-        "headline": _headline(comparisons),
+        "headline": top,
         "study": study.probe_summary(),
         "best": {"feature": best["feature"], "probe": best["probe"], "mean": best["mean"]},
         "confusion": confusion,
-        "figures": {"confusion": CONFUSION_FIGURE, "accuracy": ACCURACY_FIGURE},
+        "correct": {"file": CORRECT_FILE, "keys": list(correct), "test_labels": "test_labels",
+                    "shape": "(DAE seeds, classifier seeds, test images) bool; DAE seeds 1 for the features that "
+                             "do not depend on the DAE, classifier seeds 1 for a deterministic probe"},
+        "figures": {"confusion": CONFUSION_FIGURE, "accuracy": ACCURACY_FIGURE, "seeds": SEEDS_FIGURE},
         "seconds": time.perf_counter() - began,
     }
-    write_json(run_dir / JSON_FILE, probe_report)
-    (run_dir / MARKDOWN_FILE).write_text(format_markdown(probe_report))
-    return probe_report
+    write_json(out / JSON_FILE, probe_report)
+    (out / MARKDOWN_FILE).write_text(format_markdown(probe_report))
+    return {**probe_report, "correct_arrays": {tuple(key.split("/")): array for key, array in correct.items()}}
+
+
+def _check_one_design(runs: list[Path], checkpoints: list[dict]) -> list[int]:
+    """The runs' DAE seeds, after checking that the runs differ in nothing else that shapes what they train."""
+    def design(checkpoint: dict) -> dict:
+        train = {k: v for k, v in checkpoint["train_config"].items() if k not in _RUNTIME_ONLY}
+        return {**{f"model.{k}": v for k, v in checkpoint["model_config"].items()}, **train}
+
+    first = design(checkpoints[0])
+    for run_dir, checkpoint in zip(runs[1:], checkpoints[1:]):
+        other = design(checkpoint)
+        differ = sorted(k for k in {*first, *other} if first.get(k) != other.get(k))
+        if differ:
+            raise ConfigError(f"{run_dir} was trained with other settings than {runs[0]} ({', '.join(differ)})",
+                              "probe runs of one config that differ in --seed only")
+    seeds = [int(checkpoint["train_config"]["seed"]) for checkpoint in checkpoints]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ConfigError(f"two runs have seed {repeated[0]}: each DAE seed counts once",
+                          "probe runs trained with different --seed")
+    return seeds
+
+
+def _probe_more_daes(trained: list[tuple], data: _ProbeData, config: ProbeConfig, progress: bool) -> list[dict]:
+    """The outcomes of every further DAE: its own feature sets only (raw and PCA do not change with the DAE)."""
+    own = tuple(name for name in config.features if name in DAE_FEATURES)
+    if not own:
+        return []
+    config = replace(config, features=own)
+    return [_run_probes(extract_features(model, checkpoint, data.dataset, own, data.split.cut, config.seed),
+                        data.split, config, progress) for model, checkpoint in trained]
+
+
+def _interval_over(dae_seeds: list[int], data: _ProbeData, config: ProbeConfig) -> dict:
+    """``probe.json``'s ``interval_over``: the design the comparisons' intervals (and verdicts) are over."""
+    return {"dae_seeds": len(dae_seeds), "classifier_seeds": len(data.split.seeds),
+            "test_images": len(data.dataset.test_images), "resampled": list(LEVELS), "n_boot": config.n_boot,
+            "method": METHODS[config.interval], "seed": config.seed, "scope": scope({"dae_seeds": len(dae_seeds)}),
+            "note": "each comparison's interval_over gives its own sizes: 1 classifier seed for a deterministic "
+                    "probe, 1 DAE seed for features that do not depend on the DAE"}
 
 
 # ------------------------------------------------------------------------------------ data
@@ -228,46 +351,6 @@ def _result_row(fname: str, pname: str, outcome: dict, level: float) -> dict:
             **{k: v for k, v in outcome.items() if k not in ("predictions", "correct", "varied")}}
 
 
-# ------------------------------------------------------------------------------ statistics
-def compare(outcome_a: dict, outcome_b: dict, a: str, b: str, level: float) -> dict:
-    """Paired comparison of two feature sets under one probe.
-
-    Seeded probes pair per seed (same seed: same order, dropout masks and -- where the shapes allow
-    -- initial weights). Deterministic probes have one run each: they are paired per test image
-    (correct_a - correct_b), whose interval measures test-set sampling, not seed-to-seed spread.
-
-    Parameters
-    ----------
-    outcome_a, outcome_b : dict
-        Outcomes of the same probe on feature sets ``a`` and ``b`` (``accuracies`` per seed,
-        ``correct`` (runs, M) per test image, ``varied``: None for a deterministic probe).
-    a, b : str
-        The feature sets' names.
-    level : float
-        Confidence level of the interval.
-
-    Returns
-    -------
-    dict
-        ``a``, ``b``, the paired difference a - b (``mean``, ``lo``, ``hi``, ``n``, ...), ``over``
-        (``"seeds"`` or ``"test images"``) and the ``verdict``.
-    """
-    if outcome_a["varied"] and outcome_b["varied"]:
-        diff = paired_difference(outcome_a["accuracies"], outcome_b["accuracies"], level)
-        over = "seeds"
-    else:
-        diff = paired_difference(outcome_a["correct"][0], outcome_b["correct"][0], level)
-        diff.pop("differences")  # one 0/+-1 value per test image: summarised by the interval
-        over = "test images"
-    return {"a": a, "b": b, **diff, "over": over, "verdict": verdict(diff, a, b)}
-
-
-def _headline(comparisons: list[dict]) -> dict | None:
-    """The study's question (mlp: codes vs raw) where it was asked, else the first comparison."""
-    return next((c for c in comparisons if (c["probe"], c["a"], c["b"]) == ("mlp", "codes", "raw")),
-                comparisons[0] if comparisons else None)
-
-
 def _confusion(best: dict, outcome: dict, data: _ProbeData) -> dict:
     """The confusion matrix of the best (feature, probe)'s first run on the test set."""
     n_classes = data.n_classes
@@ -278,9 +361,10 @@ def _confusion(best: dict, outcome: dict, data: _ProbeData) -> dict:
             "class_names": class_names, "matrix": matrix.tolist(), "rows": "true class", "columns": "predicted class"}
 
 
-def _draw_figures(run_dir: Path, results: list[dict], confusion: dict, level: float) -> None:
-    from daelab.probe._figures import plot_confusion, plot_probe_accuracy
+def _draw_figures(run_dir: Path, results: list[dict], confusion: dict, level: float, dae_seeds: list[int]) -> None:
+    from daelab.probe._figures import plot_confusion, plot_probe_accuracy, plot_seed_accuracy
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     title = f"{confusion['probe']} on {confusion['feature']} (seed {confusion['seed']})"
     plot_confusion(np.array(confusion["matrix"]), confusion["class_names"], run_dir / CONFUSION_FIGURE, title)
     plot_probe_accuracy(results, run_dir / ACCURACY_FIGURE, level, study.probe_summary())
+    plot_seed_accuracy(results, run_dir / SEEDS_FIGURE, level, dae_seeds)
