@@ -141,3 +141,19 @@ def test_a_training_run_of_other_settings_is_not_continued(tmp_path, tiny_datase
         reproduce(run_dir, quick=True, dataset=tiny_dataset, progress=False)
     assert "another --run-dir" in caught.value.hint
     assert (run_dir / LAST).read_bytes() == before and len(read_metrics(run_dir)) == 1
+
+
+def test_same_run_check_allows_the_machine_settings_more_epochs_and_newer_defaults():
+    from dataclasses import replace
+
+    from daelab.config import to_jsonable
+    from daelab.reproduce import _check_same_run
+    settings = plan(quick=True)
+    train = to_jsonable(replace(settings["train"], epochs=1, threads=3, device="cpu", data_dir="/elsewhere"))
+    del train["sync_bn"]  # a checkpoint from before a setting existed: its default is assumed
+    checkpoint = {"model_config": to_jsonable(settings["model"]), "train_config": train, "epoch": 1}
+    _check_same_run("run", checkpoint, settings)  # nothing raised
+    with pytest.raises(UsageError, match=r"\(seed\)"):
+        _check_same_run("run", {**checkpoint, "train_config": {**train, "seed": 7}}, settings)
+    with pytest.raises(UsageError, match="9 epochs done of 3 planned"):
+        _check_same_run("run", {**checkpoint, "epoch": 9}, settings)

@@ -102,10 +102,12 @@ def _check_same_run(run_dir: Path, checkpoint: dict, settings: dict) -> None:
     def plain(values):  # tuples and lists alike, as the checkpoint holds them
         return json.loads(json.dumps(values, default=str))
 
-    planned = {"model": plain(to_jsonable(settings["model"])), "train": plain(to_jsonable(settings["train"]))}
-    found = {"model": plain(checkpoint.get("model_config") or {}), "train": plain(checkpoint.get("train_config") or {})}
-    differ = [name for section in planned for name, value in planned[section].items()
-              if name not in RESUMABLE and found[section].get(name) != value]
+    differ = []
+    for section, key in (("model", "model_config"), ("train", "train_config")):
+        planned, found = plain(to_jsonable(settings[section])), plain(checkpoint.get(key) or {})
+        defaults = plain(to_jsonable(type(settings[section])()))  # for a setting newer than the checkpoint
+        differ += [name for name, value in planned.items()
+                   if name not in RESUMABLE and found.get(name, defaults[name]) != value]
     if checkpoint.get("epoch", 0) > settings["train"].epochs:
         differ.append(f"{checkpoint['epoch']} epochs done of {settings['train'].epochs} planned")
     if differ:
