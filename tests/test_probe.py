@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,102 @@ def test_cli_probe_unknown_name_is_one_line(tiny_run, capsys):
     assert main(["probe", str(tiny_run), "--probes", "svm"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown probe 'svm'" in err and "valid: mlp, linear, knn" in err
+
+
+# ---------------------------------------------------------------- DAE seeds in the design (issue 21)
+@pytest.fixture(scope="module")
+def second_run(tmp_path_factory, tiny_dataset):
+    """The tiny run's config trained with seed 1: a second DAE seed (a second 'machine')."""
+    from daelab.models import ModelConfig
+    from daelab.train import TrainConfig, fit
+    run_dir = tmp_path_factory.mktemp("tiny_run_seed1")
+    fit(ModelConfig(), TrainConfig(epochs=2, batch_size=64, seed=1), run_dir, dataset=tiny_dataset, progress=False)
+    return run_dir
+
+
+DESIGN = dict(seeds=2, epochs=3, batch_size=64, features=("codes", "raw", "codes_noisy"),
+              probes=("mlp", "linear", "knn"), workers=1, n_boot=200)
+
+
+def test_one_run_states_its_scope_and_keeps_per_image_correctness(tiny_run, tiny_dataset, tmp_path):
+    from daelab.probe import load_correct, probe_runs
+    report = probe_runs([tiny_run], ProbeConfig(**DESIGN), dataset=tiny_dataset, progress=False, out_dir=tmp_path)
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert saved["interval_over"]["dae_seeds"] == 1 and saved["interval_over"]["scope"] == "for this one trained DAE"
+    headline = saved["headline"]
+    assert headline["interval_over"]["dae_seeds"] == 1 and headline["interval_over"]["classifier_seeds"] == 2
+    assert headline["interval_over"]["test_images"] == 200 and headline["over"] == "seeds"
+    assert headline["verdict_scoped"] == f"{headline['verdict']} for this one trained DAE"
+    assert headline["interval"]["lo"] <= headline["interval"]["mean"] <= headline["interval"]["hi"]
+    correct = load_correct(tmp_path)
+    assert set(correct) == {(f, p) for f in DESIGN["features"] for p in DESIGN["probes"]}
+    for row in saved["results"]:
+        stored = correct[row["feature"], row["probe"]]
+        assert stored.shape == (1, 2 if row["probe"] == "mlp" else 1, 200) and stored.dtype == bool
+        assert stored[0].mean(axis=1).tolist() == row["accuracies"] == row["accuracies_by_dae"][0]
+    assert all(np.array_equal(report["correct_arrays"][key], correct[key]) for key in correct)
+    assert saved["figures"]["seeds"] == "figures/probe_seeds.png"
+    assert (tmp_path / saved["figures"]["seeds"]).stat().st_size > 1000
+    markdown = (tmp_path / "probe.md").read_text()
+    assert "for this one trained DAE" in markdown and "1 × 2 × 200" in markdown
+
+
+def test_several_daes_are_compared_over_dae_seeds_classifier_seeds_and_images(tiny_run, second_run, tiny_dataset,
+                                                                              tmp_path):
+    from daelab.probe import load_correct, probe_runs
+    from daelab.stats import hierarchical_bootstrap
+    config = ProbeConfig(**DESIGN)
+    alone = probe_runs([tiny_run], config, dataset=tiny_dataset, progress=False, out_dir=tmp_path / "alone")
+    both = probe_runs([tiny_run, second_run], config, dataset=tiny_dataset, progress=False, out_dir=tmp_path / "both")
+    assert both["dae_seeds"] == [0, 1] and both["interval_over"]["dae_seeds"] == 2
+    rows = {(r["feature"], r["probe"]): r for r in both["results"]}
+    rows_alone = {(r["feature"], r["probe"]): r for r in alone["results"]}
+    for (feature, probe), row in rows.items():
+        by_dae = row["accuracies_by_dae"]
+        assert len(by_dae) == (2 if feature in ("codes", "codes_noisy") else 1)
+        assert by_dae[0] == rows_alone[feature, probe]["accuracies"]  # the first DAE probes as it does alone
+        assert row["interval_over"]["dae_seeds"] == len(by_dae)
+    assert both["run_dirs"] == [str(tiny_run), str(second_run)]
+    correct = load_correct(tmp_path / "both")
+    assert correct["codes", "mlp"].shape == (2, 2, 200) and correct["raw", "mlp"].shape == (1, 2, 200)
+    assert correct["codes", "knn"].shape == (2, 1, 200)
+    comparisons = {(c["probe"], c["a"], c["b"]): c for c in both["comparisons"]}
+    assert set(comparisons) == {(p, a, b) for p in DESIGN["probes"] for a, b in (("codes", "raw"),
+                                                                                   ("codes_noisy", "codes"))}
+    for (probe, a, b), comparison in comparisons.items():
+        over = comparison["interval_over"]
+        assert (over["dae_seeds"], over["classifier_seeds"], over["test_images"]) == (2, 2 if probe == "mlp" else 1,
+                                                                                      200)
+        assert comparison["verdict_scoped"] == f"{comparison['verdict']} over 2 trained DAEs"
+        assert comparison["over"].endswith("of the first DAE")
+        # the interval is reproducible from what the probe stored
+        again = hierarchical_bootstrap(correct[a, probe], correct[b, probe], 0.95, 200, 0)
+        assert (again["lo"], again["hi"]) == (comparison["interval"]["lo"], comparison["interval"]["hi"])
+    # today's fields are the first DAE's
+    first = {(c["probe"], c["a"], c["b"]): c for c in alone["comparisons"]}
+    for key, comparison in comparisons.items():
+        assert [comparison[k] for k in ("mean", "lo", "hi", "n")] == [first[key][k] for k in ("mean", "lo", "hi", "n")]
+    assert "over 2 trained DAEs" in (tmp_path / "both" / "probe.md").read_text()
+    assert (tmp_path / "both" / "figures" / "probe_seeds.png").stat().st_size > 1000
+
+
+def test_runs_of_other_configs_or_one_seed_are_refused(tiny_run, tiny_dataset, tmp_path):
+    import shutil
+
+    from daelab.probe import probe_runs
+    from daelab.probe._pipeline import _check_one_design
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    with pytest.raises(ConfigError, match="two runs have seed 0") as error:
+        probe_runs([tiny_run, copy], ProbeConfig(**DESIGN), dataset=tiny_dataset, progress=False, out_dir=tmp_path)
+    assert "\n" not in str(error.value)
+    checkpoint = {"model_config": {"name": "mlp", "code_dim": 196}, "train_config": {"seed": 0, "epochs": 2,
+                                                                                    "noise": "gaussian:0.1"}}
+    other = {"model_config": {"name": "mlp", "code_dim": 196}, "train_config": {"seed": 1, "epochs": 3,
+                                                                               "noise": "gaussian:0.2", "threads": 4}}
+    with pytest.raises(ConfigError, match=r"other settings than a \(epochs, noise\)"):
+        _check_one_design([Path("a"), Path("b")], [checkpoint, other])
+    same = {**other, "train_config": {**checkpoint["train_config"], "seed": 3, "threads": 4}}
+    assert _check_one_design([Path("a"), Path("b")], [checkpoint, same]) == [0, 3]
+    with pytest.raises(ConfigError, match="no run directory"):
+        probe_runs([])
