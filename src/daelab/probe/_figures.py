@@ -98,6 +98,8 @@ def plot_seed_accuracy(results: list[dict], path: str | os.PathLike, level: floa
     features = list(dict.fromkeys(r["feature"] for r in results))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, len(probes), figsize=(max(4.0, 2.6 * len(probes) + 0.8), 3.8), dpi=120, squeeze=False)
+    one_dae = not any(len(r["accuracies_by_dae"]) > 1 for r in results)  # one DAE: its colours for every set
+    labelled: set = {None}
     for ax, probe in zip(axes[0], probes):
         for j, feature in enumerate(features):
             row = next((r for r in results if r["feature"] == feature and r["probe"] == probe), None)
@@ -106,8 +108,12 @@ def plot_seed_accuracy(results: list[dict], path: str | os.PathLike, level: floa
             by_dae = row["accuracies_by_dae"]
             for d, accuracies in enumerate(by_dae):  # DAE seeds side by side, left of the bar
                 x = j - 0.3 + 0.3 * (d + 0.5) / len(by_dae)
-                ax.plot([x] * len(accuracies), accuracies, "o", ms=3.5, color=colors[d % len(colors)], alpha=0.75,
-                        label=f"DAE seed {dae_seeds[d] if dae_seeds else d}" if j == 0 and len(by_dae) > 1 else None)
+                # grey: a feature set that no DAE produces (raw, PCA), probed once for every DAE seed
+                color = colors[d % len(colors)] if len(by_dae) > 1 or one_dae else "grey"
+                label = f"DAE seed {dae_seeds[d] if dae_seeds else d}" if len(by_dae) > 1 else None
+                ax.plot([x] * len(accuracies), accuracies, "o", ms=3.5, color=color, alpha=0.75,
+                        label=label if label not in labelled else None)
+                labelled.add(label)
             interval = row["interval"]
             ax.errorbar([j + 0.15], [interval["mean"]], yerr=[[interval["mean"] - interval["lo"]],
                                                               [interval["hi"] - interval["mean"]]],
@@ -117,8 +123,8 @@ def plot_seed_accuracy(results: list[dict], path: str | os.PathLike, level: floa
         ax.set_title(probe, fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test accuracy")
-    if any(len(r["accuracies_by_dae"]) > 1 for r in results):
-        axes[0][0].legend(fontsize=7, loc="best")
+    if not one_dae:
+        axes[0][0].legend(fontsize=7, loc="best", title="grey: no DAE in it", title_fontsize=7)
     fig.suptitle(f"dots: each (DAE seed, classifier seed) run; bars: {int(round(100 * level))}% interval over "
                  "DAE seeds x classifier seeds x test images", fontsize=8)
     fig.tight_layout()

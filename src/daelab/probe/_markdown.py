@@ -22,7 +22,8 @@ def format_markdown(report: dict) -> str:
     """
     pct = int(round(100 * report["level"]))
     over = report.get("interval_over", {})
-    design = (f"{over['dae_seeds']} trained DAE{'s' if over['dae_seeds'] != 1 else ''} (seeds "
+    several = over.get("dae_seeds", 1) != 1
+    design = (f"{over['dae_seeds']} trained DAE{'s' if several else ''} (seed{'s' if several else ''} "
               f"{', '.join(map(str, report.get('dae_seeds', [])))}) x {over['classifier_seeds']} classifier seeds x "
               f"{over['test_images']} test images" if over else "")
     lines = [f"# Feature probes: {report['run_dir']}", "",
