@@ -31,6 +31,11 @@ CALLS = {
                   "mean_out rstd_out",
     "bn_backward": "dact act z batch feat keep keep_scale slope gamma mean rstd dz dgamma dbeta",
     "sigmoid_mse": "z bias clean batch feat grad_scale dz dbias total_out",
+    "gather_gaussian_f32": "data n_rows index batch dim sigma seed stream clean noisy",
+    "bn_forward_f32": "z batch feat bias gamma beta eps momentum running_mean running_var keep keep_scale slope act "
+                      "mean_out rstd_out",
+    "bn_backward_f32": "dact act z batch feat keep keep_scale slope gamma mean rstd dz dgamma dbeta",
+    "sigmoid_mse_f32": "z bias clean batch feat grad_scale dz dbias total_out",
     "adam": "param grad grad_bf16 exp_avg exp_avg_sq shadow n beta1 beta2 eps step_size bias_correction2_sqrt",
     "to_bf16": "src dst n",
     "relu_mask": "a seeds batch width mask mask_seed_stride mask_row_stride",

@@ -1,7 +1,7 @@
 /* The interface of daelab's fused CPU kernels: read by the C compiler and by the Python loader.
  *
- * _fused.c (the MLP step) and _classifier.c (the probe classifier's step) include this file and are
- * compiled with -Werror=missing-prototypes into one library, so a kernel whose definition differs
+ * _fused.c (the MLP's bf16 step), _fused32.c (its fp32 step) and _classifier.c (the probe classifier's
+ * step) include this file and are compiled with -Werror=missing-prototypes into one library, so a kernel whose definition differs
  * from its prototype here, or that is not declared here, does not build.
  * daelab.kernels._abi parses this file for ctypes (types, parameter names) and for the checks the
  * Python side makes before each call: the comment after an array parameter gives how many elements
@@ -106,6 +106,60 @@ int sigmoid_mse(const uint16_t *z,          /* batch * feat */
                 uint16_t *dz,               /* batch * feat */
                 float *dbias,               /* feat */
                 double *total_out);         /* 1; returned */
+
+/* The fp32 step's forms of the four kernels above (_fused32.c): the same work on fp32 activations. */
+int gather_gaussian_f32(const float *data,  /* n_rows * dim */
+                        int64_t n_rows,
+                        const int64_t *index, /* batch; in [0, n_rows) */
+                        int64_t batch,
+                        int64_t dim,
+                        float sigma,
+                        uint64_t seed,
+                        uint32_t stream,
+                        float *clean,       /* batch * dim */
+                        float *noisy);      /* batch * dim */
+
+int bn_forward_f32(const float *z,          /* batch * feat */
+                   int64_t batch,
+                   int64_t feat,
+                   const float *bias,       /* feat */
+                   const float *gamma,      /* feat */
+                   const float *beta,       /* feat */
+                   float eps,
+                   float momentum,
+                   float *running_mean,     /* feat */
+                   float *running_var,      /* feat */
+                   const uint8_t *keep,     /* batch * feat; may be NULL */
+                   float keep_scale,
+                   float slope,
+                   float *act,              /* batch * feat */
+                   float *mean_out,         /* feat */
+                   float *rstd_out);        /* feat */
+
+int bn_backward_f32(const float *dact,      /* batch * feat */
+                    const float *act,       /* batch * feat */
+                    const float *z,         /* batch * feat */
+                    int64_t batch,
+                    int64_t feat,
+                    const uint8_t *keep,    /* batch * feat; may be NULL */
+                    float keep_scale,
+                    float slope,
+                    const float *gamma,     /* feat */
+                    const float *mean,      /* feat */
+                    const float *rstd,      /* feat */
+                    float *dz,              /* batch * feat */
+                    float *dgamma,          /* feat */
+                    float *dbeta);          /* feat */
+
+int sigmoid_mse_f32(const float *z,         /* batch * feat */
+                    const float *bias,      /* feat */
+                    const float *clean,     /* batch * feat */
+                    int64_t batch,
+                    int64_t feat,
+                    float grad_scale,
+                    float *dz,              /* batch * feat */
+                    float *dbias,           /* feat */
+                    double *total_out);     /* 1; returned */
 
 int adam(float *param,                      /* n */
          const void *grad,                  /* n */

@@ -1,8 +1,12 @@
 """Building, caching and loading the C kernels, and the helpers every caller of them uses.
 
-``_fused.c`` and ``_classifier.c`` are compiled on first use with the system C compiler into one
-library in the user cache (``$DAELAB_CACHE`` or ``~/.cache/daelab``) and loaded with ctypes: no build
-step at install time and no PyTorch headers, so it compiles in seconds. :func:`load_kernels` returns the library as
+``_fused.c``, ``_fused32.c`` and ``_classifier.c`` are compiled on first use with the system C
+compiler into one library in the user cache (``$DAELAB_CACHE`` or ``~/.cache/daelab``) and loaded
+with ctypes: no build step at install time and no PyTorch headers, so it compiles in seconds. There
+is one library per ISA *variant* (:data:`VARIANTS`): ``native`` (``-march=native``: AVX-512 where
+the CPU has it), ``avx2`` (AVX2 + FMA) and ``scalar`` (plain x86-64, or any other CPU), each cached
+in its own file; :func:`kernel_variant` picks the one for the CPU's ISA class (:mod:`daelab.cpu`,
+so ``DAELAB_ISA=avx2`` makes an AVX-512 machine run the AVX2 build). :func:`load_kernels` returns the library as
 :class:`Kernels` -- one checked :class:`~daelab.kernels._abi.Kernel` per C function, typed from
 ``_fused.h`` -- or None, with one warning, where there is no compiler or the library is not the
 interface daelab's callers are written for; training then uses PyTorch's ops. With
@@ -31,12 +35,22 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_fused.c")  # the MLP step's kernels; the other files are found beside it
 HEADER = SOURCE.with_name("_fused.h")
-_SOURCE_NAMES = ("_fused.c", "_classifier.c")
+_SOURCE_NAMES = ("_fused.c", "_fused32.c", "_classifier.c")
+_INTERNAL_HEADERS = ("_philox.h", "_layers.h")  # included by the sources; part of the build's cache key
 # -Werror=missing-prototypes: a kernel not declared in _fused.h does not build (warnings change no code)
 COMPILE_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11", "-Werror=missing-prototypes"]
 DEBUG_FLAGS = ["-O1", "-g", "-DDAELAB_DEBUG"]  # in place of -O3
 DEBUG_ENV = "DAELAB_KERNEL_DEBUG"
-_LIB: Kernels | None | bool = False  # False: not tried yet
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+# What each variant puts in place of -march=native. AVX2 is x86-64 plus AVX2, FMA and F16C (what a
+# Haswell or Zen CPU has; ``-march=x86-64-v3`` would need GCC 11). Off x86 there are no intrinsics
+# paths, so "scalar" keeps -march=native there.
+VARIANTS = {
+    "native": ("-march=native",),
+    "avx2": ("-march=x86-64", "-mavx", "-mavx2", "-mfma", "-mf16c") if _X86 else ("-march=native",),
+    "scalar": ("-march=x86-64",) if _X86 else ("-march=native",),
+}
+_LIB: dict | bool = False  # variant -> Kernels or None (a failed build); False: nothing tried yet
 
 
 def _cpu_id() -> str:
@@ -62,25 +76,53 @@ def debug_requested() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def compile_flags(debug: bool = False) -> list[str]:
-    """The C compiler flags of the normal build, or of the debug build (``-O1 -g -DDAELAB_DEBUG``)."""
-    return DEBUG_FLAGS + [flag for flag in COMPILE_FLAGS if flag != "-O3"] if debug else list(COMPILE_FLAGS)
+def compile_flags(debug: bool = False, variant: str = "native") -> list[str]:
+    """The C compiler flags of a variant's normal build, or of its debug build (``-O1 -g -DDAELAB_DEBUG``).
+
+    Parameters
+    ----------
+    debug : the debug build.
+    variant : one of :data:`VARIANTS`; its flags replace ``-march=native``.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown kernel variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    flags = DEBUG_FLAGS + [flag for flag in COMPILE_FLAGS if flag != "-O3"] if debug else list(COMPILE_FLAGS)
+    at = flags.index("-march=native") if "-march=native" in flags else len(flags)
+    return flags[:at] + list(VARIANTS[variant]) + flags[at + 1:]
+
+
+def kernel_variant(cpu=None) -> str:
+    """The library variant for a CPU: ``native`` for the AVX-512 classes, ``avx2``, else ``scalar``.
+
+    Parameters
+    ----------
+    cpu : daelab.cpu.CpuInfo, optional
+        Default :func:`daelab.cpu.cpu_info` (which honours ``DAELAB_ISA``).
+    """
+    if cpu is None:
+        from daelab.cpu import cpu_info
+
+        cpu = cpu_info()
+    if cpu.isa in ("avx512", "avx512_bf16", "amx"):
+        return "native"
+    return "avx2" if cpu.isa == "avx2" else "scalar"
 
 
 def build_kernels(compiler: str | None = None, debug: bool = False, source: Path | None = None,
-                  extra_flags: tuple[str, ...] = ()) -> Path:
+                  extra_flags: tuple[str, ...] = (), variant: str = "native") -> Path:
     """Compile the kernels into the cache (once per source, header, compiler, flags and CPU); the library's path.
 
     Compiles and links in two steps so that ``-ffast-math`` (needed for vectorised log/sin/cos)
     does not link GCC's crtfastmath, which would switch the whole process to flush-to-zero.
-    Builds of other sources with the same flavour (normal or debug) are removed from the cache.
+    Builds of other sources with the same flavour (variant, normal or debug) are removed from the cache.
 
     Parameters
     ----------
     compiler : the C compiler; default ``$CC`` or ``cc``.
     debug : the debug build (``fused-debug-*.so``), whose kernels check every index in C.
     source : ``_fused.c`` (default :data:`SOURCE`); ``_classifier.c`` and ``_fused.h`` are the ones beside it.
-    extra_flags : appended to the flags (``-march=x86-64`` builds the portable scalar path).
+    extra_flags : appended to the flags.
+    variant : one of :data:`VARIANTS` (``native``, ``avx2``, ``scalar``); each is its own cache file.
 
     Raises
     ------
@@ -91,11 +133,12 @@ def build_kernels(compiler: str | None = None, debug: bool = False, source: Path
         raise OSError(f"no C compiler {compiler!r} on PATH")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     sources = [source.with_name(name) for name in _SOURCE_NAMES]
+    internal = [source.with_name(name).read_bytes() for name in _INTERNAL_HEADERS]
     header = source.with_name(HEADER.name).read_bytes()
-    flags = compile_flags(debug) + list(extra_flags)
-    key = hashlib.sha256(b"\0".join([*(s.read_bytes() for s in sources), header, version.encode(),
+    flags = compile_flags(debug, variant) + list(extra_flags)
+    key = hashlib.sha256(b"\0".join([*(s.read_bytes() for s in sources), *internal, header, version.encode(),
                                      " ".join(flags).encode(), _cpu_id().encode()])).hexdigest()[:16]
-    flavour = "fused-debug" if debug else "fused"
+    flavour = ("fused-debug" if debug else "fused") + ("" if variant == "native" else f"-{variant}")
     target = cache_dir() / f"{flavour}-{key}.so"
     if target.exists():
         return target
@@ -136,6 +179,7 @@ class Kernels:
             raise KernelInterfaceError(f"{cdll._name} was built from another _fused.h than {header}")
         self.cdll, self.interface, self.path = cdll, interface, Path(cdll._name)
         self.debug = bool(_metadata(cdll, "daelab_debug_build", ctypes.c_int)())
+        self.variant: str | None = None  # the ISA variant it was built as, where load_kernels knows it
         self.constants, self.statuses = interface.constants, interface.statuses
         self.kernels: dict[str, Kernel] = {}
         for name, prototype in interface.functions.items():
@@ -151,7 +195,7 @@ class Kernels:
         vars(self).update(self.kernels)
 
     def __repr__(self) -> str:
-        return f"Kernels({str(self.path)!r}, debug={self.debug})"
+        return f"Kernels({str(self.path)!r}, debug={self.debug}, variant={self.variant!r})"
 
 
 def _metadata(cdll: ctypes.CDLL, name: str, restype):
@@ -180,20 +224,30 @@ def _one_line(exc: BaseException) -> str:
     return next((line for line in lines if "error" in line), lines[-1]) if lines else type(exc).__name__
 
 
-def load_kernels() -> Kernels | None:
+def load_kernels(variant: str | None = None) -> Kernels | None:
     """The compiled kernels (the debug build under ``DAELAB_KERNEL_DEBUG=1``), or None where they cannot be used.
 
-    Built and loaded once per process; a failure (no compiler, a source that does not build, a
-    library whose interface differs from the callers') is logged once, as one line.
+    Each variant is built and loaded once per process; a failure (no compiler, a source that does
+    not build, a library whose interface differs from the callers') is logged once, as one line.
+
+    Parameters
+    ----------
+    variant : str, optional
+        One of :data:`VARIANTS`; default :func:`kernel_variant` of this CPU (``DAELAB_ISA`` honoured).
     """
     global _LIB
     if _LIB is False:
+        _LIB = {}
+    variant = kernel_variant() if variant is None else variant
+    if variant not in _LIB:
         try:
-            _LIB = open_kernels(build_kernels(debug=debug_requested(), source=SOURCE), SOURCE.with_name(HEADER.name))
+            _LIB[variant] = open_kernels(build_kernels(debug=debug_requested(), source=SOURCE, variant=variant),
+                                         SOURCE.with_name(HEADER.name))
+            _LIB[variant].variant = variant
         except (OSError, subprocess.CalledProcessError, KernelInterfaceError) as exc:
             log.warning("fused CPU kernels unavailable (%s); training with PyTorch ops", _one_line(exc))
-            _LIB = None
-    return _LIB
+            _LIB[variant] = None
+    return _LIB[variant]
 
 
 class Pointer:
