@@ -1,4 +1,4 @@
-"""The fused CPU training step for MLP DAEs: bf16 matrix products in PyTorch, everything else in C.
+"""The fused CPU training step for MLP DAEs: bf16 or fp32 matrix products in PyTorch, everything else in C.
 
 On a 2-core CPU the study MLP's bf16 step spends more time outside its matrix products than in
 them: PyTorch walks each (256, 512) activation 4-10 times per layer (BatchNorm statistics,
@@ -7,8 +7,11 @@ draws noise and dropout masks with a serial Mersenne Twister, and runs Adam and 
 copy as separate passes. :class:`FusedMLP` computes the forward and backward by hand: the matrix
 products go to PyTorch (oneDNN, bf16 in, bf16 out), and each layer's elementwise work is one C
 function that reads and writes every value once or twice (``_fused.c``), using counter-based Philox
-random numbers that do not depend on the thread count. :func:`make_fused` builds it where the model,
-the optimizer and the machine allow, and otherwise says once why not.
+random numbers that do not depend on the thread count. The fp32 step (``precision="fp32"``, for CPUs
+without native bf16, where a bf16 product is emulated and slower than fp32) is the same step with
+fp32 activations and the master weights themselves in the products: the ``_f32`` kernels of
+``_fused32.c``, and Adam without a bf16 copy. :func:`make_fused` builds it where the model, the
+optimizer and the machine allow, and otherwise says once why not.
 
 Semantics are those of the PyTorch path: same model, same Adam state (``torch.optim.Adam``'s
 ``step``/``exp_avg``/``exp_avg_sq``, so checkpoints move freely between the two paths), BatchNorm
@@ -45,8 +48,13 @@ class _Layer:
                  slope: float = 0.0):
         self.kind, self.linear, self.bn, self.dropout, self.slope = kind, linear, bn, dropout, slope
         self.threshold, self.keep_scale = keep_threshold(dropout), 1.0 / (1.0 - dropout)
-        self.weight = linear.weight.detach().to(torch.bfloat16)  # (out, in) bf16 shadow, rewritten by Adam
-        self.bias = linear.bias.detach().to(torch.bfloat16) if kind == "linear" else None
+        self.weight = self.bias = None  # the products' weights: set by use(), for the step's precision
+
+    def use(self, dtype: torch.dtype) -> None:
+        """Take the weights the products run on: bf16 shadows (rewritten by Adam), or fp32 views of the masters."""
+        # (out, in); .to(float32) of an fp32 parameter is the parameter's own storage, updated in place by Adam
+        self.weight = self.linear.weight.detach().to(dtype)
+        self.bias = self.linear.bias.detach().to(dtype) if self.kind == "linear" else None
 
 
 def _layers(model: nn.Module) -> list[_Layer]:
@@ -121,20 +129,27 @@ class FusedMLP:
     optimizer : a plain ``torch.optim.Adam`` over exactly ``model``'s parameters.
     layers : ``model`` as fusable layers (``_layers``).
     lib : the loaded kernels.
+    dtype : ``torch.bfloat16`` (bf16 products and activations, bf16 weight shadows) or ``torch.float32``
+        (fp32 throughout: the products run on the master weights).
     """
 
-    dtype = torch.bfloat16
     fused = True
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Adam, layers: list[_Layer], lib: Kernels):
-        self.module = model
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Adam, layers: list[_Layer], lib: Kernels,
+                 dtype: torch.dtype = torch.bfloat16):
+        if dtype not in (torch.bfloat16, torch.float32):
+            raise ValueError(f"the fused step runs in bf16 or fp32, not {dtype}")
+        self.module, self.dtype = model, dtype
         self.optimizer, self.layers, self.lib = optimizer, layers, lib
+        self._suffix = "" if dtype == torch.bfloat16 else "_f32"  # the kernels of _fused.h for this precision
+        for layer in layers:
+            layer.use(dtype)
         self._buffers: dict[int, dict] = {}
         self._checked: set[int] = set()  # batch sizes whose buffers the kernels have checked once
         self._optimizer_step: FusedAdam | None = None
         self._grads: dict[torch.Tensor, torch.Tensor] = {}  # master parameter -> its gradient buffer
         for layer in layers:
-            self._grads[layer.linear.weight] = torch.empty_like(layer.weight)  # bf16, from a matrix product
+            self._grads[layer.linear.weight] = torch.empty_like(layer.weight)  # self.dtype, from a matrix product
             self._grads[layer.linear.bias] = torch.zeros_like(layer.linear.bias)
             if layer.bn is not None:
                 self._grads[layer.bn.weight] = torch.zeros_like(layer.bn.weight)
@@ -142,18 +157,19 @@ class FusedMLP:
 
     @property
     def grads(self) -> dict[str, torch.Tensor]:
-        """The last :meth:`forward_backward`'s gradients by parameter name (bf16 for Linear weights)."""
+        """The last :meth:`forward_backward`'s gradients by parameter name (:attr:`dtype` for Linear weights)."""
         names = {id(p): name for name, p in self.module.named_parameters()}
         return {names[id(p)]: g for p, g in self._grads.items()}
 
     def batch_state(self, batch: int) -> dict:
         """The work buffers for batch size ``batch`` (inputs, activations, dropout masks), made once."""
         if batch not in self._buffers:
-            bf16 = torch.bfloat16
+            bf16 = self.dtype  # the activations' dtype (bf16 or fp32)
             first = self.layers[0].linear
-            buffers = {"clean": torch.empty(batch, self.layers[-1].linear.out_features),
-                       "noisy32": torch.empty(batch, first.in_features),
-                       "input": torch.empty(batch, first.in_features, dtype=bf16), "layers": []}
+            noisy32 = torch.empty(batch, first.in_features)
+            buffers = {"clean": torch.empty(batch, self.layers[-1].linear.out_features), "noisy32": noisy32,
+                       "input": noisy32 if bf16 == torch.float32 else torch.empty(batch, first.in_features, dtype=bf16),
+                       "layers": []}
             for layer in self.layers:
                 width = layer.linear.out_features
                 entry = {"z": torch.empty(batch, width, dtype=bf16), "dz": torch.empty(batch, width, dtype=bf16),
@@ -205,15 +221,16 @@ class FusedMLP:
         # a batch size's buffers (and the parameters) are checked against the kernels on its first step
         lib = self.lib.trusted if batch in self._checked else self.lib
         buffers = self.batch_state(batch)
-        seed = draw_key(generator)
+        seed, suffix = draw_key(generator), self._suffix
         clean, noisy = buffers["clean"], buffers["input"]
         if isinstance(noise, Gaussian):  # always checked: data and index are the caller's
-            self.lib.gather_gaussian(ptr(data), data.shape[0], ptr(index), batch, data.shape[1], noise.level, seed,
-                                     0, ptr(clean), ptr(noisy))
+            getattr(self.lib, "gather_gaussian" + suffix)(ptr(data), data.shape[0], ptr(index), batch, data.shape[1],
+                                                          noise.level, seed, 0, ptr(clean), ptr(noisy))
         else:
             torch.index_select(data, 0, index, out=clean)
             noise.apply_(clean, buffers["noisy32"], generator)
-            lib.to_bf16(ptr(buffers["noisy32"]), ptr(noisy), noisy.numel())
+            if noisy is not buffers["noisy32"]:
+                lib.to_bf16(ptr(buffers["noisy32"]), ptr(noisy), noisy.numel())
         activations = [noisy]
         for k, (layer, buf) in enumerate(zip(self.layers, buffers["layers"])):
             x = activations[-1]
@@ -226,18 +243,18 @@ class FusedMLP:
                 activations.append(self._bn_forward(lib, layer, buf, batch, seed, k + 1))
         out = self.layers[-1]
         width = out.linear.out_features
-        total = lib.sigmoid_mse(ptr(buffers["layers"][-1]["z"]), ptr(out.linear.bias), ptr(clean), batch, width,
-                                1.0 / (batch * width), ptr(buffers["layers"][-1]["dz"]),
-                                ptr(self._grads[out.linear.bias]))
+        sigmoid_mse, bn_backward = getattr(lib, "sigmoid_mse" + suffix), getattr(lib, "bn_backward" + suffix)
+        total = sigmoid_mse(ptr(buffers["layers"][-1]["z"]), ptr(out.linear.bias), ptr(clean), batch, width,
+                            1.0 / (batch * width), ptr(buffers["layers"][-1]["dz"]),
+                            ptr(self._grads[out.linear.bias]))
         for k in range(len(self.layers) - 1, -1, -1):
             layer, buf, x = self.layers[k], buffers["layers"][k], activations[k]
             dz = buf["dz"]
             if layer.kind == "bn":
                 bn, keep = layer.bn, buf.get("keep")
-                lib.bn_backward(ptr(buf["dact_out"]), ptr(buf["act"]), ptr(buf["z"]), batch,
-                                layer.linear.out_features, ptr(keep), layer.keep_scale, layer.slope,
-                                ptr(bn.weight), ptr(buf["mean"]), ptr(buf["rstd"]), ptr(dz),
-                                ptr(self._grads[bn.weight]), ptr(self._grads[bn.bias]))
+                bn_backward(ptr(buf["dact_out"]), ptr(buf["act"]), ptr(buf["z"]), batch, layer.linear.out_features,
+                            ptr(keep), layer.keep_scale, layer.slope, ptr(bn.weight), ptr(buf["mean"]),
+                            ptr(buf["rstd"]), ptr(dz), ptr(self._grads[bn.weight]), ptr(self._grads[bn.bias]))
             elif layer.kind == "linear":
                 if self.layers[k + 1].kind != "bn":  # before a BatchNorm layer the bias has no effect: grad 0
                     torch.sum(buf["dact_out"], 0, dtype=torch.float32, out=self._grads[layer.linear.bias])
@@ -252,35 +269,46 @@ class FusedMLP:
         bn, keep, width = layer.bn, buf.get("keep"), layer.linear.out_features
         if keep is not None:
             lib.dropout_mask(seed, stream, keep.numel(), layer.threshold, ptr(keep), 0.0, None)
-        lib.bn_forward(ptr(buf["z"]), batch, width, ptr(layer.linear.bias), ptr(bn.weight), ptr(bn.bias),
-                       bn.eps, bn.momentum, ptr(bn.running_mean), ptr(bn.running_var), ptr(keep),
-                       layer.keep_scale, layer.slope, ptr(buf["act"]), ptr(buf["mean"]), ptr(buf["rstd"]))
+        bn_forward = getattr(lib, "bn_forward" + self._suffix)
+        bn_forward(ptr(buf["z"]), batch, width, ptr(layer.linear.bias), ptr(bn.weight), ptr(bn.bias), bn.eps,
+                   bn.momentum, ptr(bn.running_mean), ptr(bn.running_var), ptr(keep), layer.keep_scale, layer.slope,
+                   ptr(buf["act"]), ptr(buf["mean"]), ptr(buf["rstd"]))
         bn.num_batches_tracked.add_(1)  # in place: `+=` would go through Module.__setattr__
         return buf["act"]
 
     def _adam(self) -> None:
         if self._optimizer_step is None:  # built at the first step: after any optimizer state was loaded
-            shadows = {layer.linear.weight: layer.weight for layer in self.layers}
-            shadows.update({layer.linear.bias: layer.bias for layer in self.layers if layer.bias is not None})
+            shadows = {}
+            if self.dtype == torch.bfloat16:  # fp32 products read the master weights themselves
+                shadows = {layer.linear.weight: layer.weight for layer in self.layers}
+                shadows.update({layer.linear.bias: layer.bias for layer in self.layers if layer.bias is not None})
             self._optimizer_step = FusedAdam(self.lib, self.optimizer, self._grads, shadows)
         self._optimizer_step.step()
 
 
-def make_fused(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> FusedMLP | None:
+def make_fused(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, precision: str = "bf16",
+               variant: str | None = None) -> FusedMLP | None:
     """A :class:`FusedMLP` for ``model`` when it, the optimizer and this machine allow; else None.
 
-    The caller asked for the fused kernels (``--kernels auto``, bf16, one CPU process), so where
-    they cannot be used on a CPU the reason is logged as a warning, once per reason and process:
-    a model or layer the fused step does not do, an optimizer other than plain Adam, parameters
-    that are not contiguous fp32, or (logged by :func:`~daelab.kernels.load_kernels`) no usable
-    C kernels. On other devices it returns None quietly: the kernels are CPU code.
+    The caller asked for the fused kernels (``--kernels auto``, one CPU process; see
+    :func:`~daelab.kernels.choose_path`), so where they cannot be used on a CPU the reason is logged
+    as a warning, once per reason and process: a model or layer the fused step does not do, an
+    optimizer other than plain Adam, parameters that are not contiguous fp32, or (logged by
+    :func:`~daelab.kernels.load_kernels`) no usable C kernels. On other devices it returns None
+    quietly: the kernels are CPU code.
 
     Parameters
     ----------
     model : the DAE.
     optimizer : its optimizer.
     device : where training runs.
+    precision : ``"bf16"`` (bf16 products and activations; the default, as before) or ``"fp32"``.
+    variant : the kernels' ISA variant (``native``, ``avx2``, ``scalar``; see
+        :func:`~daelab.kernels.load_kernels`); default the one for this CPU (``DAELAB_ISA`` honoured).
     """
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    if precision not in dtypes:
+        raise ValueError(f"the fused step runs in {' or '.join(dtypes)}, not {precision!r}")
     if device.type != "cpu":
         return None
     try:  # the model's structure first: for a model of another kind, that is the reason worth giving
@@ -293,5 +321,5 @@ def make_fused(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch
             _WARNED.add(reason)
             log.warning("fused CPU kernels not used: %s; training with PyTorch ops (slower)", reason)
         return None
-    lib = load_kernels()
-    return None if lib is None else FusedMLP(model, optimizer, layers, lib)
+    lib = load_kernels(variant)
+    return None if lib is None else FusedMLP(model, optimizer, layers, lib, dtypes[precision])

@@ -3,7 +3,7 @@
 The code lives by concept in this package: ``_loader`` (build, cache, load, :func:`ptr`,
 :func:`draw_key`, :func:`keep_threshold`), ``_abi`` (the interface read from ``_fused.h``, the
 argument checks, :class:`KernelError`), ``_mlp`` (:class:`FusedMLP`, :func:`make_fused`) and
-``_adam`` (:class:`FusedAdam`).
+``_adam`` (:class:`FusedAdam`) and ``_path`` (:func:`choose_path`).
 """
 from daelab.kernels._abi import Kernel, KernelError, KernelInterfaceError
 from daelab.kernels._adam import FusedAdam
@@ -17,12 +17,14 @@ from daelab.kernels._loader import (
     cache_dir,
     draw_key,
     keep_threshold,
+    kernel_variant,
     load_kernels,
     open_kernels,
     ptr,
 )
 from daelab.kernels._mlp import FusedMLP, make_fused
+from daelab.kernels._path import TrainingPath, choose_path
 
 __all__ = ["COMPILE_FLAGS", "HEADER", "SOURCE", "FusedAdam", "FusedMLP", "Kernel", "KernelError",
-           "KernelInterfaceError", "Kernels", "Pointer", "build_kernels", "cache_dir", "draw_key", "keep_threshold",
-           "load_kernels", "make_fused", "open_kernels", "ptr"]
+           "KernelInterfaceError", "Kernels", "Pointer", "TrainingPath", "build_kernels", "cache_dir", "choose_path",
+           "draw_key", "keep_threshold", "kernel_variant", "load_kernels", "make_fused", "open_kernels", "ptr"]
