@@ -43,6 +43,10 @@ class TrainingError(DaelabError):
     """Training cannot go on (non-finite loss, for instance); the last good checkpoint is kept."""
 
 
+class OutputError(DaelabError):
+    """A result could not be written (a full disk, a file system gone read-only); what was there is kept."""
+
+
 class RunLockedError(UsageError):
     """Another live process is writing to the same run directory."""
 

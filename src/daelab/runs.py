@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from daelab.checkpoint import BEST, LAST, atomic_write, load_checkpoint
+from daelab.checkpoint import BEST, LAST, atomic_write, check_model_state, load_checkpoint
 from daelab.config import from_jsonable
 from daelab.errors import CheckpointError, RunLockedError, UsageError
 from daelab.models import ModelConfig, build_model
@@ -30,6 +30,7 @@ from daelab.models import ModelConfig, build_model
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 LOCK_FILE = "train.lock"
+MAX_JSON_BYTES = 64 << 20  # a run's JSON files are kilobytes; refuse what would cost gigabytes
 
 
 def default_run_dir(root: str | os.PathLike = "runs") -> Path:
@@ -43,14 +44,30 @@ def write_json(path: str | os.PathLike, values) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
-def read_json(path: str | os.PathLike):
+def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES):
+    """The JSON value in ``path``; :class:`UsageError` in one line for a missing, huge, truncated or bad file.
+
+    Parameters
+    ----------
+    path : the file.
+    max_bytes : refuse a larger file (a stage's JSON is a few hundred kilobytes).
+
+    Returns
+    -------
+    The decoded value (any JSON type: callers check what they expect).
+    """
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > max_bytes:
+            raise UsageError(f"{path} is larger than {max_bytes:,} bytes", "it was not written by daelab")
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{path} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid JSON: {exc}") from None
+        raise UsageError(f"{path} is not valid JSON: {str(exc)[:200]}", "it is truncated or damaged; rerun the "
+                         "stage that writes it") from None
+    except (OSError, RecursionError, ValueError) as exc:  # a directory, a device, nesting too deep, ...
+        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
 
 
 def write_metrics(run_dir: str | os.PathLike, history: list[dict]) -> None:
@@ -59,11 +76,41 @@ def write_metrics(run_dir: str | os.PathLike, history: list[dict]) -> None:
     atomic_write(Path(run_dir) / METRICS_FILE, lambda handle: handle.write(text.encode()))
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+def read_metrics(run_dir: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> list[dict]:
+    """The rows of ``RUN_DIR/metrics.jsonl`` (``[]`` when there is none).
+
+    Parameters
+    ----------
+    run_dir : the run directory.
+    max_bytes : refuse a larger file.
+
+    Returns
+    -------
+    list of dict
+        One dict per epoch; :class:`UsageError` names the first line that is not a JSON object.
+    """
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if path.stat().st_size > max_bytes:
+        raise UsageError(f"{path} is larger than {max_bytes:,} bytes", "it was not written by daelab")
+    rows = []
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not isinstance(row, dict):
+            raise UsageError(f"{path} line {number} is not a JSON object", "the file is truncated or damaged; "
+                             "'daelab train --resume' rewrites it from the checkpoint")
+        rows.append(row)
+    return rows
 
 
 class RunLock:
@@ -271,10 +318,18 @@ def load_model(run_dir: str | os.PathLike, which: str = "best", device: str | to
     -------
     (model, checkpoint) : the ``nn.Module`` on ``device`` and the loaded checkpoint state.
     """
-    state = load_checkpoint(checkpoint_path(run_dir, which))
-    model = build_model(from_jsonable(ModelConfig, state["model_config"]))
+    path = checkpoint_path(run_dir, which)
+    state = load_checkpoint(path)
+    if not isinstance(state.get("model_config"), dict) or "model" not in state:
+        raise CheckpointError(f"{path} holds no model and model config", "it was not written by 'daelab train'")
     try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint in {run_dir} does not fit its model config: {str(exc)[:200]}") from None
+        config = from_jsonable(ModelConfig, state["model_config"])
+        with torch.device("meta"):  # shapes to check against, before any weight is allocated
+            skeleton = build_model(config)
+    except (UsageError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} has an invalid model config: {str(exc).splitlines()[0][:200]}",
+                              "the file is damaged or from another daelab") from None
+    check_model_state(state["model"], skeleton, str(path))
+    model = build_model(config)
+    model.load_state_dict(state["model"])
     return model.to(device).eval(), state
