@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from daelab import __version__
-from daelab.config import add_dataclass_args, build_config, from_jsonable, read_config_file
+from daelab.config import add_dataclass_args, build_config, check_config_keys, from_jsonable, read_config_file
 from daelab.errors import ConfigError, DaelabError
 
 log = logging.getLogger("daelab")
@@ -25,6 +25,26 @@ RESUMABLE = {"epochs", "device", "threads", "data_dir", "checkpoint_every", "ear
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):  # our helps already say their defaults
         return action.help
+
+
+# The sections a --config file may hold (module, dataclass): one file can serve every command, and a
+# typo in any of them is an error, not a silent default.
+CONFIG_SECTIONS = {"train": ("daelab.train", "TrainConfig"), "model": ("daelab.models", "ModelConfig"),
+                   "evaluate": ("daelab.evaluate", "EvalConfig"), "probe": ("daelab.probe", "ProbeConfig")}
+
+
+def _read_config(path: Path) -> dict:
+    """The values of a ``--config`` file, every section and setting name checked."""
+    import importlib
+    values = read_config_file(path)
+    sections = {}
+    for name, (module, cls) in CONFIG_SECTIONS.items():
+        try:
+            sections[name] = getattr(importlib.import_module(module), cls)
+        except (ImportError, AttributeError):  # an optional stage missing: its section is checked by its command
+            sections[name] = None
+    check_config_keys(values, sections, path)
+    return values
 
 
 # What each command does, in a line: the top-level help lists these without building the commands'
@@ -63,16 +83,16 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from daelab.checkpoint import LAST, load_checkpoint
+    from daelab.checkpoint import LAST
     from daelab.models import ModelConfig
     from daelab.runs import RunLock, default_run_dir
     from daelab.train import TrainConfig, fit
-    file_values = read_config_file(args.config) if args.config else None
+    file_values = _read_config(args.config) if args.config else None
     if args.resume:
         if args.run_dir and args.run_dir != args.resume:
             raise ConfigError("--resume and --run-dir name different directories", "give only --resume RUN_DIR")
         RunLock(args.resume).check_free()  # a run still in training may have no checkpoint yet
-        state = load_checkpoint(Path(args.resume) / LAST)
+        state = _resumable_state(Path(args.resume) / LAST)
         given = {k for k, v in vars(args).items() if v is not None} - {"func", "command", "config", "resume",
                                                                          "run_dir", "no_progress", "debug",
                                                                          "verbose", "quiet"}
@@ -80,7 +100,7 @@ def _run_train(args) -> int:
         if fixed:
             raise ConfigError(f"cannot change {', '.join(sorted(fixed))} when resuming",
                               f"only {', '.join(sorted(RESUMABLE))} may change; start a new run for the rest")
-        model_config = from_jsonable(ModelConfig, state["model_config"])
+        model_config = state["model_config"]
         train_values = dict(state["train_config"])
         train_values.update({k: getattr(args, k) for k in given})
         config = from_jsonable(TrainConfig, train_values)
@@ -95,6 +115,32 @@ def _run_train(args) -> int:
         print(f"trained {result['epochs_run']} epochs into {run_dir}: final val_loss {last['val_loss']:.5f}, "
               f"best {result['best_val_loss']:.5f}")
     return 0
+
+
+def _resumable_state(path: Path) -> dict:
+    """The checkpoint at ``path``, checked in full before training touches it (one line if it is not fit).
+
+    Returns the state with ``model_config`` as a :class:`ModelConfig`. Besides what
+    :func:`daelab.checkpoint.load_checkpoint` checks, every weight and Adam moment must fit the model
+    its config describes (built on the ``meta`` device: no memory, whatever the config claims).
+    """
+    import torch
+
+    from daelab.checkpoint import check_resume_state, load_checkpoint
+    from daelab.errors import CheckpointError, UsageError
+    from daelab.models import ModelConfig, build_model
+    from daelab.train import TrainConfig
+    state = load_checkpoint(path)
+    try:
+        model_config = from_jsonable(ModelConfig, state.get("model_config", {}))
+        from_jsonable(TrainConfig, dict(state.get("train_config", {})))
+        with torch.device("meta"):
+            skeleton = build_model(model_config)
+    except (UsageError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} has invalid settings: {str(exc).splitlines()[0][:200]}",
+                              "the file is damaged or from another daelab; start a new run") from None
+    check_resume_state(state, skeleton, str(path))
+    return {**state, "model_config": model_config}
 
 
 # ---------------------------------------------------------------------------------- summary
@@ -149,7 +195,7 @@ def _run_evaluate(args) -> int:
     for name in ("noise", "robustness"):
         if getattr(args, name) is not None:
             setattr(args, name, " ".join(getattr(args, name)))
-    file_values = read_config_file(args.config) if args.config else None
+    file_values = _read_config(args.config) if args.config else None
     config = build_config(EvalConfig, file_values, args, "evaluate")
     result = evaluate_run(args.run_dir, config, progress=not args.no_progress)
     for level in result["levels"]:
@@ -275,7 +321,7 @@ def _add_probe(sub) -> None:
 
 def _run_probe(args) -> int:
     from daelab.probe import JSON_FILE, MARKDOWN_FILE, ProbeConfig, probe_run
-    file_values = read_config_file(args.config) if args.config else None
+    file_values = _read_config(args.config) if args.config else None
     config = build_config(ProbeConfig, file_values, args, "probe")
     report = probe_run(args.run_dir, config, progress=not args.no_progress)
     for row in report["results"]:

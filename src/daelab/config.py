@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
+import reprlib
 import tomllib
 import types
 import typing
 from pathlib import Path
 
 from daelab.errors import ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes
+MAX_CONFIG_VALUES = 10_000  # values after YAML aliases are expanded
+MAX_CONFIG_DEPTH = 16
 
 
 def _base_type(tp):
@@ -63,6 +69,9 @@ def read_config_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes", "a config is a few "
+                          "settings; check the path")
     text = path.read_bytes()
     try:
         if path.suffix == ".toml":
@@ -81,12 +90,90 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file {path} is not valid: {first}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a table of settings, not {type(values).__name__}")
+    _check_expansion(values, path)
     # YAML allows keys of any type (a line holding only `?` is a null key); settings are named by text
     odd = [key for table in [values, *(v for v in values.values() if isinstance(v, dict))]
            for key in table if not isinstance(key, str)]
     if odd:
         raise ConfigError(f"config file {path}: {odd[0]!r} is not a setting name", "write names as text: key: value")
     return values
+
+
+def _check_expansion(values, path: Path) -> None:
+    """Refuse a file whose values, aliases expanded, are more than a config could need.
+
+    A YAML alias is one shared object, cheap to load; but each use counts once when the values are
+    coerced or printed, so ten nested aliases of ten make ten billion ("billion laughs"), and an
+    anchor may even hold itself. Count every value as it is met, with a budget, before anything
+    else reads them.
+    """
+    budget = [MAX_CONFIG_VALUES]
+
+    def walk(value, depth: int, on_path: frozenset) -> None:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_CONFIG_DEPTH or id(value) in on_path:
+            raise ConfigError(f"config file {path} expands to more than {MAX_CONFIG_VALUES:,} values, nests "
+                              f"deeper than {MAX_CONFIG_DEPTH} or holds itself (YAML aliases?)",
+                              "write the settings out plainly")
+        if isinstance(value, (dict, list, tuple, set, frozenset)):
+            inner = on_path | {id(value)}
+            for item in (value.values() if isinstance(value, dict) else value):
+                walk(item, depth + 1, inner)
+
+    walk(values, 0, frozenset())
+
+
+def _short(value) -> str:
+    """``repr`` cut to a line: a message must stay short, whatever the file holds."""
+    return " ".join(_REPR.repr(value).split())
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _nearest(name: str, valid) -> str:
+    """``did you mean X?`` for the closest valid name, or the list of valid names."""
+    close = difflib.get_close_matches(str(name), sorted(valid), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(sorted(valid))}"
+
+
+def check_config_keys(values: dict, sections: dict[str, type], path: str | os.PathLike) -> None:
+    """Raise :class:`ConfigError` for a section or setting that no config of ``sections`` has.
+
+    A typo must not pass silently (``[trian]`` would otherwise leave every training default, 100
+    epochs, in place): unknown names are errors that name the nearest valid one. Every known
+    section is checked, so one file can hold ``[train]``, ``[evaluate]`` and ``[probe]`` and be
+    given to each command.
+
+    Parameters
+    ----------
+    values : the file's values, from :func:`read_config_file`.
+    sections : section name -> config dataclass, e.g. ``{"train": TrainConfig, "model": ModelConfig}``;
+        ``None`` for a section whose name is valid but whose settings are not checked here (its command
+        checks them), which also leaves flat settings unchecked.
+    path : the file, for the message.
+    """
+    fields = {name: None if cls is None else {f.name for f in dataclasses.fields(cls) if f.init}
+              for name, cls in sections.items()}
+    every = None if None in fields.values() else set().union(set(), *fields.values())
+    for key, value in values.items():
+        if isinstance(value, dict):
+            if key not in sections:
+                raise ConfigError(f"config file {path}: unknown section [{_short(str(key))[1:-1]}]",
+                                  _nearest_section(key, sections))
+            for name in value if fields[key] is not None else ():
+                if str(name).replace("-", "_") not in fields[key]:
+                    raise ConfigError(f"config file {path}: unknown setting {_short(name)} in [{key}]",
+                                      _nearest(str(name).replace("-", "_"), fields[key]))
+        elif every is not None and str(key).replace("-", "_") not in every:
+            raise ConfigError(f"config file {path}: unknown setting {_short(key)}",
+                              _nearest(str(key).replace("-", "_"), every))
+
+
+def _nearest_section(name: str, sections) -> str:
+    close = difflib.get_close_matches(str(name), sorted(sections), n=1, cutoff=0.6)
+    return f"did you mean [{close[0]}]?" if close else f"sections: {', '.join(f'[{s}]' for s in sorted(sections))}"
 
 
 def _optional(tp) -> bool:
@@ -113,7 +200,7 @@ def _coerce(cls, name: str, value):
             raise ValueError(f"expected {tp.__name__}")
         return value
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name}={value!r}: {exc}") from None
+        raise ConfigError(f"setting {name}={_short(value)}: {exc}") from None
 
 
 def build_config(cls, file_values: dict | None, args: argparse.Namespace | None, section: str):
@@ -130,7 +217,7 @@ def build_config(cls, file_values: dict | None, args: argparse.Namespace | None,
             if key in names:
                 values[key] = _coerce(cls, key, value)
             elif key in scoped:
-                raise ConfigError(f"unknown setting {key!r} in [{section}]", f"valid: {', '.join(sorted(names))}")
+                raise ConfigError(f"unknown setting {_short(key)} in [{section}]", _nearest(key, names))
     if args is not None:
         for name in names:
             given = getattr(args, name, None)
