@@ -26,9 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from daelab import study
+from daelab.checkpoint import atomic_write, check_writable, output_error
 from daelab.config import to_jsonable
 from daelab.data import Dataset, load_dataset, to_tensor
-from daelab.errors import ConfigError
+from daelab.errors import ConfigError, UsageError
 from daelab.evaluate._baselines import (
     ESTIMATED,
     ORACLE,
@@ -248,6 +249,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
     denoisers, skipped = resolve_denoisers(config.denoisers)
     for note in skipped:
         log.warning("skipping %s: %s", note["name"], note["reason"])
+    _check_outputs_writable(run_dir, config)  # before minutes of computing, not after
     model, state = load_model(run_dir, config.checkpoint, resolve_device(config.device))
     if dataset is None:
         dataset = load_dataset(config.data_dir or state.get("train_config", {}).get("data_dir"))
@@ -290,14 +292,36 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
         "headline": headline(levels),
         "robustness": robustness,
     }
-    evaluation["figures"] = figures_denoise.write_figures(run_dir, evaluation, examples)
+    try:
+        evaluation["figures"] = figures_denoise.write_figures(run_dir, evaluation, examples)
+    except OSError as exc:
+        raise output_error(run_dir / figures_denoise.FIGURES_DIR, exc) from None
     evaluation["timing"] = {"total_seconds": time.perf_counter() - started,
                             "dae_seconds_per_image": _mean([lv["full"]["methods"]["dae"]["seconds_per_image"]
                                                             for lv in levels]),
                             "threads": torch.get_num_threads(), "baseline_workers": workers if denoisers else 0}
-    write_json(run_dir / EVAL_FILE, evaluation)
-    (run_dir / EVAL_MARKDOWN).write_text(format_markdown(evaluation))
+    for name, text in ((EVAL_FILE, None), (EVAL_MARKDOWN, format_markdown(evaluation))):
+        try:
+            if text is None:
+                write_json(run_dir / name, evaluation)
+            else:
+                atomic_write(run_dir / name, lambda handle, text=text: handle.write(text.encode()))
+        except OSError as exc:
+            raise output_error(run_dir / name, exc) from None
     return evaluation
+
+
+def _check_outputs_writable(run_dir: Path, config: EvalConfig) -> None:
+    """One-line error now if ``evaluation.json`` or ``figures/`` could not be written at the end."""
+    from daelab.evaluate._figures import FIGURES_DIR
+    checkpoint_path(run_dir, config.checkpoint)  # a missing run or checkpoint says so first
+    hint = "make the run directory writable, or evaluate a writable copy of it"
+    check_writable(run_dir, hint)
+    figures = run_dir / FIGURES_DIR
+    if figures.exists() or figures.is_symlink():
+        if not figures.is_dir():
+            raise UsageError(f"cannot write figures into {figures}: it is not a directory", hint)
+        check_writable(figures, hint)
 
 
 def equivalent_command(run_dir: str | Path, config: EvalConfig) -> str:

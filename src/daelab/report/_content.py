@@ -1,78 +1,25 @@
 """The report of a run: what the study claimed, what this run measured, side by side.
 
-:func:`write_report` reads what the stages wrote into a run directory -- ``config.json``,
-``metrics.jsonl``, ``evaluation.json``, ``probe.json``, ``reproduce.json`` and the figures those
-files list -- and writes ``report.html`` (self-contained) and ``report.md``. It recomputes nothing:
-every number comes from those files (the model table is a description of the architecture, built
+The blocks of the report, from what the stages wrote into a run directory (``config.json``,
+``metrics.jsonl``, ``evaluation.json``, ``probe.json``, ``reproduce.json``, read by
+:mod:`daelab.report._files`, and the figures those files list). It recomputes nothing: every
+number comes from those files (the model table is a description of the architecture, built
 from the config). Sections follow the study's order (model, training, denoising, probe), then the
 study's own numbers beside ours with a stated rule for "matched" / "beaten" / "not matched", then
 the run's settings, software, hardware and stage times. A stage that has not run shows a note.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
-import os
 from pathlib import Path
 
 from daelab import study
-from daelab.report._render import Block, to_html, to_markdown
-from daelab.runs import read_metrics
-
-HTML_FILE, MARKDOWN_FILE = "report.html", "report.md"
-
-
-MATCHED, BEATEN, NOT_MATCHED, UNDETERMINED = "matched", "beaten", "not matched", "undetermined"
-RULE = ("**Rule:** a study number is **matched** when it lies inside our 95% interval, **beaten** when our "
-        "whole interval is on the better side of it (lower R_loss, higher accuracy), and **not matched** "
-        "otherwise. An interval needs at least two samples; with one the comparison is undetermined.")
-
-
-# ------------------------------------------------------------------------------- the rule
-def judge(study_value: float, ours: dict | None, higher_is_better: bool) -> str:
-    """Matched / beaten / not matched: where ``study_value`` lies against our interval ``ours``.
-
-    Parameters
-    ----------
-    study_value : the study's number.
-    ours : a :func:`daelab.stats.mean_ci` dict (``mean``, ``lo``, ``hi``).
-    higher_is_better : True for accuracies, False for losses.
-    """
-    if not ours or ours.get("lo") is None or ours.get("hi") is None or ours.get("n", 2) < 2:
-        return UNDETERMINED
-    lo, hi = ours["lo"], ours["hi"]
-    if lo <= study_value <= hi:
-        return MATCHED
-    better = lo > study_value if higher_is_better else hi < study_value
-    return BEATEN if better else NOT_MATCHED
-
-
-def judge_sentence(what: str, study_value: float, ours: dict | None, higher_is_better: bool, digits: int = 4) -> str:
-    """One sentence stating the verdict of :func:`judge` and why."""
-    verdict = judge(study_value, ours, higher_is_better)
-    sv = f"{study_value:.{digits}f}"
-    if verdict == UNDETERMINED:
-        return f"The study's {what} ({sv}) cannot be judged: we have no interval for it."
-    interval = f"{ours['mean']:.4f} [{ours['lo']:.4f}, {ours['hi']:.4f}]"
-    if verdict == MATCHED:
-        return f"The study's {what} ({sv}) lies inside ours, {interval}: **matched**."
-    above = (verdict == BEATEN) == higher_is_better
-    return (f"The study's {what} is {sv}; ours, {interval}, lies entirely {'above' if above else 'below'} it: "
-            f"**{verdict}**.")
+from daelab.report._render import Block
+from daelab.report._rule import BEATEN, MATCHED, NOT_MATCHED, RULE, judge, judge_sentence
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _read(run_dir: Path, name: str):
-    path = run_dir / name
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _ci(stat: dict | None, digits: int) -> str:
     if not stat:
         return "–"
@@ -119,10 +66,12 @@ def _model_section(config: dict | None) -> list[Block]:
     blocks = [Block("section", "Model", id="model")]
     if not config:
         return blocks + [Block("note", "Not run: config.json is missing, so there is no model to describe.")]
+    import torch
+
     from daelab.config import from_jsonable
     from daelab.models import ModelConfig, build_model, summary_rows
-    model = build_model(from_jsonable(ModelConfig, config["model"]))
-    rows, totals = summary_rows(model)
+    with torch.device("meta"):  # shapes and counts only: no weights, however large the config says it is
+        rows, totals = summary_rows(build_model(from_jsonable(ModelConfig, config["model"])))
     table = [[f"{name} ({kind})", str((None, *shape)), f"{params:,}"] for name, kind, shape, params in rows]
     layers = Block("table", header=["layer (type)", "output shape", "parameters"], rows=table, align="llr")
     same = all(totals[key] == study.PARAMS[key] for key in study.PARAMS)
@@ -401,12 +350,8 @@ def _banner(config: dict | None, state: dict | None) -> list[Block]:
     return []
 
 
-def build_blocks(run_dir: str | os.PathLike) -> tuple[list[Block], dict]:
-    """The report's blocks and the inputs they came from (``None`` where a file is missing)."""
-    run_dir = Path(run_dir)
-    inputs = {"config": _read(run_dir, "config.json"), "metrics": read_metrics(run_dir),
-              "evaluation": _read(run_dir, "evaluation.json"), "probe": _read(run_dir, "probe.json"),
-              "state": _read(run_dir, "reproduce.json")}
+def blocks_from(run_dir: Path, inputs: dict) -> list[Block]:
+    """The report's blocks from the stage files' values ``inputs`` (see :func:`daelab.report.read_inputs`)."""
     config, evaluation, probe, state = (inputs[k] for k in ("config", "evaluation", "probe", "state"))
     comparisons = study_comparisons(evaluation, probe)
     blocks = _banner(config, state)
@@ -418,21 +363,4 @@ def build_blocks(run_dir: str | os.PathLike) -> tuple[list[Block], dict]:
     blocks += _probe_section(probe)
     blocks += _study_section(evaluation, probe, comparisons)
     blocks += _run_section(config, evaluation, probe, state)
-    return blocks, inputs
-
-
-def write_report(run_dir: str | os.PathLike) -> dict:
-    """Write ``report.html`` and ``report.md`` into ``run_dir``; returns ``{"html": path, "markdown": path}``."""
-    from daelab.errors import UsageError
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} not found", "give a directory written by 'daelab train'")
-    blocks, inputs = build_blocks(run_dir)
-    mode = (inputs["state"] or {}).get("mode")
-    title = "Denoising autoencoder study, reproduced" + (" (quick run)" if mode == "quick" else "")
-    subtitle = (f"Run directory `{run_dir.resolve().name}` · report written "
-                f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} by daelab")
-    paths = {"html": run_dir / HTML_FILE, "markdown": run_dir / MARKDOWN_FILE}
-    paths["html"].write_text(to_html(title, subtitle, blocks, run_dir))
-    paths["markdown"].write_text(to_markdown(title, subtitle, blocks))
-    return {k: str(v) for k, v in paths.items()}
+    return blocks

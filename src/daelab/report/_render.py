@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import base64
 import html
+import logging
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
 
 
 @dataclass
@@ -47,10 +53,47 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def _data_uri(path: Path) -> str | None:
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_FIGURE_BYTES = 32 << 20
+
+
+def figure_file(run_dir: Path, rel) -> tuple[Path | None, str]:
+    """The file a figure block names, if it may be embedded: ``(path, "")`` or ``(None, why not)``.
+
+    The path comes from a stage's JSON, which anyone can edit: only a PNG inside the run directory
+    (symlinks resolved, so neither ``..`` nor a link leads out of it) is read; nothing else is.
+    """
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        return None, "not a file name"
+    root = run_dir.resolve()
+    try:
+        path = (root / rel).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name the OS refuses
+        return None, "not a readable path"
+    if Path(rel).is_absolute() or not path.is_relative_to(root) or path == root:
+        return None, "outside the run directory, not embedded"
     if not path.is_file():
-        return None
+        return None, "missing from the run directory"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(PNG_SIGNATURE))
+        size = path.stat().st_size
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})"
+    if head != PNG_SIGNATURE or size > MAX_FIGURE_BYTES:
+        return None, "not a PNG image of a sensible size, not embedded"
+    return path, ""
+
+
+def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _refused_figure(rel, why: str) -> str:
+    """The note that replaces a figure that is not embedded (logged too, once, as one line)."""
+    if not why.startswith("missing"):
+        log.warning("report: figure %s %s", _REPR.repr(rel), why)
+    return f"Figure {_REPR.repr(rel) if not isinstance(rel, str) else rel[:200]} is {why}."
 
 
 CSS = """
@@ -153,10 +196,10 @@ def _html_block(block: Block, run_dir: Path, counter: list[int]) -> str:
         return (f'<div class="table-wrap"><table>{caption}<thead><tr>{head}</tr></thead>'
                 f"<tbody>{body}</tbody></table></div>")
     if kind == "figure":
-        uri = _data_uri(run_dir / block.path)
-        if uri is None:
-            return f'<p class="note">Figure {html.escape(block.path)} is missing from the run directory.</p>'
-        return (f'<figure><img src="{uri}" alt="{html.escape(block.text or block.path)}">'
+        path, why = figure_file(run_dir, block.path)
+        if path is None:
+            return f'<p class="note">{html.escape(_refused_figure(block.path, why))}</p>'
+        return (f'<figure><img src="{_data_uri(path)}" alt="{html.escape(block.text or block.path)}">'
                 f"<figcaption>{_inline(block.text)}</figcaption></figure>")
     if kind == "details":
         inner = "".join(_html_block(child, run_dir, counter) for child in block.children)
@@ -185,42 +228,70 @@ def to_html(title: str, subtitle: str, blocks: list[Block], run_dir: Path) -> st
             f"<nav>{nav}</nav>\n{body}\n</main><script>{SCRIPT}</script></body></html>\n")
 
 
+def _md(text) -> str:
+    """Markdown text with no raw HTML: ``&``, ``<`` and ``>`` escaped outside code spans, one line.
+
+    Markdown passes HTML through, and the text holds values from the stages' JSON; inside a code
+    span (balanced backticks) a renderer shows ``<`` as it is, so those are left alone.
+    """
+    parts = re.split(r"(`[^`\n]*`)", str(text).replace("\r", " ").replace("\n", " "))
+    return "".join(part if part.startswith("`") and part.endswith("`") and len(part) > 1
+                   else html.escape(part, quote=False) for part in parts)
+
+
+def _md_code(value) -> str:
+    """``value`` as one code span, whatever backticks it holds (the fence is longer than any run of them)."""
+    text = str(value).replace("\r", " ").replace("\n", " ")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _md_cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return _md(value).replace("|", "\\|")
 
 
-def _md_block(block: Block) -> list[str]:
+def _md_block(block: Block, run_dir: Path | None) -> list[str]:
     kind = block.kind
     if kind == "section":
-        return [f"## {block.text}", ""]
+        return [f"## {_md(block.text)}", ""]
     if kind == "h3":
-        return [f"### {block.text}", ""]
+        return [f"### {_md(block.text)}", ""]
     if kind in ("p", "note"):
-        return [f"_{block.text}_" if kind == "note" else block.text, ""]
+        return [f"_{_md(block.text)}_" if kind == "note" else _md(block.text), ""]
     if kind == "banner":
-        return [f"> **{block.text.replace('**', '')}**", ""]
+        return [f"> **{_md(block.text.replace('**', ''))}**", ""]
     if kind == "headline":
-        return [f"**{block.text}**", ""] + [f"{i}. {item}" for i, item in enumerate(block.items, 1)] + [""]
+        return [f"**{_md(block.text)}**", ""] + [f"{i}. {_md(item)}" for i, item in enumerate(block.items, 1)] + [""]
     if kind == "table":
         align = block.align or "l" + "r" * (len(block.header) - 1)
         lines = ["| " + " | ".join(_md_cell(h) for h in block.header) + " |",
                  "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
         lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in block.rows]
-        return lines + (["", f"_{block.text}_"] if block.text else []) + [""]
+        return lines + (["", f"_{_md(block.text)}_"] if block.text else []) + [""]
     if kind == "figure":
-        return [f"![{block.text}]({block.path})", "", f"_{block.text}_" if block.text else "", ""]
+        path, why = figure_file(run_dir, block.path) if run_dir is not None else (block.path, "")
+        if path is None:
+            return [f"_{_md(_refused_figure(block.path, why))}_", ""]
+        link = Path(block.path).as_posix().replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+        alt = _md(block.text).replace("[", "\\[").replace("]", "\\]")
+        return [f"![{alt}]({link})", "", f"_{_md(block.text)}_" if block.text else "", ""]
     if kind == "details":
-        return [f"**{block.text}**", ""] + [line for child in block.children for line in _md_block(child)]
+        return [f"**{_md(block.text)}**", ""] + [line for child in block.children
+                                                 for line in _md_block(child, run_dir)]
     if kind in ("columns", "group"):
-        return [line for child in block.children for line in _md_block(child)]
+        return [line for child in block.children for line in _md_block(child, run_dir)]
     if kind == "kv":
-        return [f"- {k}: `{v}`" for k, v in block.rows] + [""]
+        return [f"- {_md(k)}: {_md_code(v)}" for k, v in block.rows] + [""]
     raise ValueError(f"unknown block kind {kind!r}")
 
 
-def to_markdown(title: str, subtitle: str, blocks: list[Block]) -> str:
-    """The same report as Markdown, figures linked relative to the run directory."""
-    lines = [f"# {title}", "", subtitle, ""]
+def to_markdown(title: str, subtitle: str, blocks: list[Block], run_dir: Path | None = None) -> str:
+    """The same report as Markdown, figures linked relative to the run directory.
+
+    With ``run_dir``, a figure is linked only where :func:`figure_file` would embed it in the HTML.
+    """
+    lines = [f"# {_md(title)}", "", _md(subtitle), ""]
     for block in blocks:
-        lines += _md_block(block)
+        lines += _md_block(block, run_dir)
     return "\n".join(lines).rstrip() + "\n"
