@@ -1,28 +1,20 @@
-"""Denoising a user's own images with a trained model: reading, tiling, PSNR, and safe writing.
+"""Denoising a user's own images with a trained model: one image, tiling, PSNR, and writing outputs safely.
 
 :func:`denoise_image` runs a model on one grayscale image (H, W) in [0, 1]: the MLP needs its
 training size (28x28); the fully convolutional model takes any size and, above ``tile`` pixels a
 side, works on overlapping tiles blended with linear ramps, so memory stays bounded by the tile.
-:func:`denoise_files` is the ``daelab denoise`` command. It reads ``.npy``/``.npz`` arrays (one
-image (H, W) or a stack (N, H, W): uint8 scaled by 255, uint16 by 65535, or float in [0, 1]) and
-PNG/JPEG files. Pictures keep their kind: 8-bit grayscale is written back 8-bit; 16-bit grayscale
-is scaled by 65535 and written back 16-bit; colour (RGB, and palette or CMYK pictures, which are
-converted to RGB) is denoised channel by channel with the grayscale model and written as RGB; an
-alpha channel (RGBA, LA, palette transparency) is carried through unchanged and never denoised or
-counted in PSNR. Pillow reads 16-bit *colour* PNGs at 8 bits per channel: such files are written
-as 8-bit, with a notice. Every input is checked by its declared size before it is decoded: more
-than :data:`MAX_PIXELS` values (pixels x channels, summed over an ``.npz``; set
-``$DAELAB_MAX_PIXELS`` to change it) or a size the model cannot take is refused without allocating.
-Every output path is checked before anything is written: it may not be an input or the
-``reference`` (by path or by inode, ``overwrite`` or not), be written twice, be a directory, sit in
-a directory that cannot be written, or exist unless ``overwrite``. Outputs are written atomically.
+:func:`denoise_files` is the ``daelab denoise`` command. It reads every input with
+:func:`~daelab.images.read_image_file` (:mod:`daelab.images` owns the file kinds: arrays, 8/16-bit,
+colour and alpha pictures, and the ``$DAELAB_MAX_PIXELS`` cap), denoises each array, stack or
+colour picture (channel by channel, with the grayscale model), reports PSNR against a clean
+reference when there is one, and writes each output in the kind its input had. Every output path
+is checked before anything is written: it may not be an input or the ``reference`` (by path or by
+inode, ``overwrite`` or not), be written twice, be a directory, sit in a directory that cannot be
+written, or exist unless ``overwrite``. Outputs are written atomically.
 """
 from __future__ import annotations
 
-import logging
 import os
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,20 +22,21 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from daelab.checkpoint import atomic_write
-from daelab.data import load_npy, load_npz_arrays
 from daelab.errors import DaelabError, DataError, UsageError
+
+# Reading and writing the files lived here before daelab.images: their names stay importable from daelab.denoise.
+from daelab.images import (  # noqa: F401
+    ARRAY_SUFFIXES,
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    ImageFile,
+    image_writer,
+    max_pixels,
+    read_image_file,
+)
 from daelab.models import in_batches
 from daelab.noise import parse_noise
-
-ARRAY_SUFFIXES = (".npy", ".npz")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-MAX_PIXELS = 64 * 2**20  # values one input may hold: 64 Mi, i.e. 256 MiB as float32
-MAX_PIXELS_ENV = "DAELAB_MAX_PIXELS"
-# Pillow mode -> the mode it is converted to: colour becomes RGB, and alpha travels beside it.
-_MODES = {"1": "L", "L": "L", "LA": "LA", "La": "LA", "I;16": "I;16", "I;16L": "I;16", "I;16B": "I;16",
-          "I;16N": "I;16", "I": "I;16", "RGB": "RGB", "RGBA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB",
-          "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "P": "RGB", "PA": "RGBA"}
-log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ one image
@@ -142,182 +135,10 @@ def psnr(estimate: np.ndarray, reference: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------ files
-@dataclass
-class ImageFile:
-    """One input file: its images as float32 in [0, 1] and how to write them back.
-
-    ``images`` maps an array name ("" for ``.npy`` and pictures) to (H, W) or (N, H, W) float32;
-    a colour picture is (3, H, W), its channels denoised as a stack. ``mode`` is the Pillow mode a
-    picture is written in, ``alpha`` its alpha channel (H, W) as stored, carried through unchanged.
-    """
-
-    path: Path
-    images: dict[str, np.ndarray]
-    dtypes: dict[str, np.dtype]      # the stored dtype of each array, to write the output alike
-    outputs: dict[str, Path] = field(default_factory=dict)  # "denoised"/"noisy" -> output path
-    mode: str | None = None
-    alpha: np.ndarray | None = None
-
-
-def max_pixels(value: int | None = None) -> int:
-    """The cap on the values (pixels x channels) one input may hold: ``value``, ``$DAELAB_MAX_PIXELS``, or 64 Mi."""
-    value = value if value is not None else os.environ.get(MAX_PIXELS_ENV) or MAX_PIXELS
-    try:
-        return int(float(value))
-    except ValueError:
-        raise UsageError(f"${MAX_PIXELS_ENV}={value!r} is not a number") from None
-
-
-class _Budget:
-    """Refuses an input by its declared shape, before it is decoded: too many values, or the wrong size."""
-
-    def __init__(self, path: Path, cap: int, image_shape: tuple[int, int] | None):
-        self.path, self.cap, self.image_shape, self.used = path, cap, image_shape, 0
-
-    def __call__(self, shape: tuple, dtype: np.dtype | None = None, key: str = "") -> None:
-        what = f"{self.path}" + (f"[{key}]" if key else "")
-        if dtype is not None and not (_scaled(dtype) or dtype.kind == "f"):
-            raise DataError(f"{what}: dtype {dtype} is not an image", "use uint8, uint16 or float in [0, 1]")
-        if len(shape) not in (2, 3) or 0 in shape:
-            raise DataError(f"{what}: expected an image (H, W) or a stack (N, H, W), got shape {shape}")
-        self.used += int(np.prod(shape, dtype=object))
-        if self.used > self.cap:
-            raise DataError(f"{what}: {self.used:,} values ({' x '.join(map(str, shape))}), over the {self.cap:,} "
-                            "one input may hold", f"split it, or raise the limit with ${MAX_PIXELS_ENV}")
-        if self.image_shape is not None and tuple(shape[-2:]) != self.image_shape:
-            (h, w), (got_h, got_w) = self.image_shape, shape[-2:]
-            raise DataError(f"{what}: the model needs {h}x{w} images, got {got_h}x{got_w}",
-                            "train with --model conv for any size")
-
-
-def _scaled(dtype: np.dtype) -> bool:
-    """uint8 and uint16 (either byte order) hold pixels scaled by 255 and 65535."""
-    return dtype.kind == "u" and dtype.itemsize in (1, 2)
-
-
-def _to_unit(array: np.ndarray, what: str) -> np.ndarray:
-    if _scaled(array.dtype):
-        return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
-    if not np.issubdtype(array.dtype, np.floating):
-        raise DataError(f"{what}: dtype {array.dtype} is not an image", "use uint8, uint16 or float in [0, 1]")
-    if not np.isfinite(array).all():
-        raise DataError(f"{what} contains NaN or infinite values")
-    if array.min() < 0 or array.max() > 1:
-        raise DataError(f"{what}: float values must lie in [0, 1], found [{array.min():g}, {array.max():g}]",
-                        "store images as uint8 or divide by 255")
-    return array.astype(np.float32)
-
-
-def _png_bit_depth(path: Path) -> int:
-    with open(path, "rb") as handle:
-        head = handle.read(26)
-    return head[24] if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" else 8
-
-
-def _read_picture(path: Path, budget: _Budget) -> ImageFile:
-    """A PNG/JPEG -> (H, W) gray or (3, H, W) colour, refused by its declared size before decoding."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with warnings.catch_warnings():  # Pillow warns above its own limit; ours is lower and checked below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            picture = Image.open(path)
-        with picture:
-            mode = _MODES.get(picture.mode)
-            if mode is None:
-                raise DataError(f"{path}: image mode {picture.mode} is not supported", "use grayscale or RGB(A)")
-            if picture.mode == "P" and "transparency" in picture.info:
-                mode = "RGBA"
-            channels = 3 if mode.startswith("RGB") else 1
-            budget((channels, picture.height, picture.width) if channels == 3 else (picture.height, picture.width))
-            converted = picture.convert(mode) if mode not in (picture.mode, "I;16") else picture
-            pixels = np.asarray(converted)                     # (H, W) or (H, W, bands), decoded here
-    except Image.DecompressionBombError as exc:  # past Pillow's own limit, which it checks on opening
-        raise DataError(f"{path}: {exc}", f"a decompression bomb, or a picture over ${MAX_PIXELS_ENV} anyway") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path} is not a readable image: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    alpha = None
-    if mode in ("LA", "RGBA"):
-        pixels, alpha = pixels[..., :-1], pixels[..., -1].copy()
-    if mode == "I;16":
-        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
-            raise DataError(f"{path}: 32-bit pixel values outside 0..65535", "save it as 8- or 16-bit")
-        pixels = pixels.astype(np.uint16)
-    elif mode.startswith("RGB"):
-        pixels = np.moveaxis(pixels, -1, 0)                    # (3, H, W): the channels as a stack
-        if path.suffix.lower() == ".png" and _png_bit_depth(path) == 16:
-            log.warning("%s: a 16-bit colour PNG is read at 8 bits per channel; the output is 8-bit", path)
-    else:
-        pixels = pixels.reshape(pixels.shape[:2])
-    return ImageFile(path, {"": _to_unit(pixels, str(path))}, {"": pixels.dtype}, mode=mode.replace("A", ""),
-                     alpha=alpha)
-
-
-def read_image_file(path: str | os.PathLike, image_shape: tuple[int, int] | None = None,
-                    max_values: int | None = None) -> ImageFile:
-    """Read a ``.npy``/``.npz``/PNG/JPEG file into float32 images in [0, 1]; DataError on anything else.
-
-    Parameters
-    ----------
-    path : the file.
-    image_shape : (H, W) to refuse images of another size, from the header, before decoding.
-    max_values : refuse files holding more values than this (default :func:`max_pixels`).
-
-    Returns
-    -------
-    ImageFile with the images, their stored dtypes, and for pictures the mode and alpha to write back.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise DataError(f"{path} is a directory, not an image file", "name the files inside it")
-    if not path.is_file():
-        raise DataError(f"{path} not found" + (" (a dangling symlink or a symlink loop)" if path.is_symlink() else ""))
-    suffix = path.suffix.lower()
-    budget = _Budget(path, max_pixels(max_values), image_shape)
-    if suffix in IMAGE_SUFFIXES:
-        return _read_picture(path, budget)
-    if suffix == ".npy":
-        arrays = {"": load_npy(path, check=budget)}
-    elif suffix == ".npz":
-        arrays = load_npz_arrays(path, check=budget)
-        if not arrays:
-            raise DataError(f"{path} holds no arrays")
-    else:
-        raise DataError(f"{path}: unsupported file type {suffix or '(none)'}",
-                        f"use {', '.join(ARRAY_SUFFIXES + IMAGE_SUFFIXES)}")
-    images = {key: _to_unit(array, f"{path}" + (f"[{key}]" if key else "")) for key, array in arrays.items()}
-    return ImageFile(path, images, {key: array.dtype for key, array in arrays.items()})
-
-
 def output_path(path: Path, kind: str, out_dir: Path | None) -> Path:
     """``NAME.<kind>.EXT`` beside the input, or in ``out_dir``."""
     name = f"{path.stem}.{kind}{path.suffix}"
     return (out_dir or path.parent) / name
-
-
-def _encode(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if _scaled(dtype):
-        top = np.iinfo(dtype).max
-        return np.round(np.clip(array, 0, 1) * top).astype(dtype)
-    return array.astype(np.float32)
-
-
-def _write(path: Path, images: dict[str, np.ndarray], item: ImageFile) -> None:
-    suffix, dtypes = path.suffix.lower(), item.dtypes
-    if suffix == ".npy":
-        atomic_write(path, lambda handle: np.save(handle, _encode(images[""], dtypes[""])))
-    elif suffix == ".npz":
-        arrays = {key: _encode(value, dtypes[key]) for key, value in images.items()}
-        atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
-    else:
-        from PIL import Image
-        pixels = _encode(images[""], np.dtype(np.uint16 if item.mode == "I;16" else np.uint8))
-        if pixels.ndim == 3:
-            pixels = np.moveaxis(pixels, 0, -1)                # (3, H, W) -> (H, W, 3)
-        if item.alpha is not None:
-            pixels = np.dstack([pixels, item.alpha])           # RGBA or LA, the alpha as it came
-        picture = Image.fromarray(np.ascontiguousarray(pixels))
-        fmt = "PNG" if suffix == ".png" else "JPEG"
-        atomic_write(path, lambda handle: picture.save(handle, format=fmt))
 
 
 @torch.inference_mode()
@@ -400,7 +221,7 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
         for target, images, item in writes:
-            _write(target, images, item)
+            atomic_write(target, image_writer(images, item, target.suffix))
     except OSError as exc:  # checked writable above: a full disk, a quota, a directory swapped under us
         raise DaelabError(f"cannot write {exc.filename or out_dir}: {exc.strerror or exc}",
                           "no input was touched; outputs written before this one are complete") from None
