@@ -117,3 +117,66 @@ def test_resume_of_a_run_still_training_says_it_is_in_use(tmp_path, capsys):
     (tmp_path / LOCK_FILE).write_text(f"{socket.gethostname()} 999999999\n")  # its process is gone
     assert main(["train", "--resume", str(tmp_path)]) == 1
     assert "no checkpoint" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ issue 18: configs are not trusted
+@pytest.mark.parametrize("name, text, words", [
+    ("typo.toml", "[trian]\nepochs = 1\n", "unknown section [trian]"),
+    ("typo.toml", "[trian]\nepochs = 1\n", "did you mean [train]?"),
+    ("flat.toml", "epoch = 1\n", "did you mean 'epochs'?"),
+    ("flat.yaml", "epochs: 1\ncode_dimm: 8\n", "did you mean 'code_dim'?"),
+    ("other.yaml", "evaluate:\n  noize: gaussian:0.1\n", "unknown setting 'noize' in [evaluate]"),
+    ("model.json", '{"model": {"hiden": [8]}}', "did you mean 'hidden'?"),
+])
+def test_unknown_config_names_are_errors_naming_the_nearest(tmp_path, capsys, name, text, words):
+    path = tmp_path / name
+    path.write_text(text)
+    # --data-dir that does not exist: without the check, training would start and stop there instead
+    assert main(["train", "--config", str(path), "--data-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1 and "no dataset" not in err
+
+
+def test_one_config_file_serves_every_command(tmp_path, npz_data):
+    path = tmp_path / "study.toml"
+    path.write_text("[train]\nepochs = 1\nsubset = 200\nbatch_size = 100\n[model]\ncode_dim = 16\n"
+                    "[evaluate]\ndenoisers = 'none'\n[probe]\nseeds = 1\n")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--data-dir", str(npz_data), "--run-dir", str(run),
+                 "--no-progress"]) == 0
+
+
+def _billion_laughs(levels: int, width: int = 9) -> str:
+    lines = ['a0: &a0 "lol"']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\ntrain:\n  epochs: *a{levels}\n"
+
+
+def test_yaml_alias_bomb_is_refused_at_once_in_one_short_line(tmp_path, capsys):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_billion_laughs(7))  # 9**7 = 4.8 million strings: before, a 33 MB error message
+    assert main(["train", "--config", str(path), "--data-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "YAML aliases" in err and len(err) < 500
+
+
+def test_yaml_billion_laughs_and_self_reference_do_not_hang(tmp_path):
+    import time
+
+    from daelab.config import build_config, read_config_file
+    from daelab.errors import ConfigError
+    from daelab.train import TrainConfig
+    for text in (_billion_laughs(12), "train: &t\n  epochs: 1\n  again: *t\n", "x: &x [*x]\n"):
+        path = tmp_path / "bomb.yaml"
+        path.write_text(text)
+        start = time.perf_counter()
+        with pytest.raises(ConfigError, match="YAML aliases"):
+            build_config(TrainConfig, read_config_file(path), None, "train")
+        assert time.perf_counter() - start < 5
+
+
+def test_huge_config_file_is_refused_unread(tmp_path, capsys):
+    path = tmp_path / "big.toml"
+    path.write_text("# padding\n" * 200_000)
+    assert main(["train", "--config", str(path), "--data-dir", str(tmp_path / "none")]) == 2
+    assert "larger than" in capsys.readouterr().err
