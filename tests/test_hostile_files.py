@@ -336,3 +336,31 @@ def test_markdown_report_escapes_html_from_the_json(run):
     outside_code = re.sub(r"(`+)(.+?)\1", "", markdown)
     assert "<img" not in outside_code and "&lt;img" in outside_code and "<b>" not in outside_code
     assert "<img src=x" not in html_page
+
+
+def test_figures_past_the_page_budget_are_refused(run, monkeypatch):
+    import json
+
+    import daelab.report._render as render
+    first, second = (_png(run / f"{name}.png", name.encode() * 1000) for name in ("a", "b"))
+    (run / "evaluation.json").write_text(json.dumps({
+        "n_images": {"dae": 1, "baselines": 0}, "checkpoint": {"file": "best.pt", "epoch": 1}, "seed": 0,
+        "levels": [], "headline": {}, "robustness": {"n": 1},
+        "figures": {"examples_extended": {"a": "a.png", "b": "b.png"}}}))
+    monkeypatch.setattr(render, "MAX_EMBEDDED_BYTES", 1500)
+    assert main(["report", str(run)]) == 0
+    page = (run / "report.html").read_text()
+    assert base64.b64encode(first).decode() in page and base64.b64encode(second).decode() not in page
+    assert "beyond the" in page
+
+
+def test_an_os_error_nobody_expected_is_one_line(monkeypatch, capsys):
+    import daelab.cli as cli
+
+    def full(args):
+        raise OSError(28, "No space left on device", "/somewhere/file")
+    monkeypatch.setattr(cli, "_run_report", full)
+    err = _one_line_error(capsys, 1, main(["report", "x"]))
+    assert "No space left on device (/somewhere/file)" in err
+    with pytest.raises(OSError):
+        main(["--debug", "report", "x"])

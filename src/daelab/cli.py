@@ -382,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("daelab: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine, not daelab: a disk filled or went read-only where no stage expected it
+        if args.debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"daelab: error: {exc.strerror or exc}{where} (run again with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

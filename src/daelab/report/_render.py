@@ -54,7 +54,8 @@ def _inline(text: str) -> str:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAX_FIGURE_BYTES = 32 << 20
+MAX_FIGURE_BYTES = 32 << 20  # one figure; the study's largest is ~300 kB
+MAX_EMBEDDED_BYTES = 256 << 20  # all figures of one page, however many the JSON lists
 
 
 def figure_file(run_dir: Path, rel) -> tuple[Path | None, str]:
@@ -172,7 +173,7 @@ def _cell(value, align: str) -> str:
     return f'<td class="{align}">{text}</td>' if align == "r" else f"<td>{text}</td>"
 
 
-def _html_block(block: Block, run_dir: Path, counter: list[int]) -> str:
+def _html_block(block: Block, run_dir: Path, counter: list[int]) -> str:  # counter: see to_html
     kind = block.kind
     if kind == "section":
         counter[0] += 1
@@ -197,8 +198,11 @@ def _html_block(block: Block, run_dir: Path, counter: list[int]) -> str:
                 f"<tbody>{body}</tbody></table></div>")
     if kind == "figure":
         path, why = figure_file(run_dir, block.path)
+        if path is not None and counter[1] + path.stat().st_size > MAX_EMBEDDED_BYTES:
+            path, why = None, f"beyond the {MAX_EMBEDDED_BYTES >> 20} MiB of figures one page embeds"
         if path is None:
             return f'<p class="note">{html.escape(_refused_figure(block.path, why))}</p>'
+        counter[1] += path.stat().st_size
         return (f'<figure><img src="{_data_uri(path)}" alt="{html.escape(block.text or block.path)}">'
                 f"<figcaption>{_inline(block.text)}</figcaption></figure>")
     if kind == "details":
@@ -219,7 +223,7 @@ def to_html(title: str, subtitle: str, blocks: list[Block], run_dir: Path) -> st
     """One self-contained HTML page: inline CSS, figures as data URIs, a table of contents."""
     sections = [b for b in blocks if b.kind == "section"]
     nav = "".join(f'<a href="#{b.id}">{i}. {_inline(b.text)}</a>' for i, b in enumerate(sections, 1))
-    counter = [0]
+    counter = [0, 0]  # sections numbered so far, bytes of figures embedded so far
     body = "\n".join(_html_block(b, run_dir, counter) for b in blocks)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
