@@ -40,7 +40,7 @@ train: setup
 	$(DAELAB) train
 
 benchmark: setup
-	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_train.py $(BENCH_ARGS)
 
 # the whole study beside the plain loop measured just before and after it (~10 minutes)
 benchmark-study: setup

@@ -32,7 +32,8 @@ def idx_dir(tmp_path_factory, tiny_dataset):
 
 def test_bench_train_runs_end_to_end_on_the_avx2_path(idx_dir, tmp_path):
     out = tmp_path / "bench.json"
-    env = dict(os.environ, DAELAB_ISA="avx2", PYTHONUNBUFFERED="1")
+    # one thread: the test checks what is printed, not speed, and a busy machine slows two threads most
+    env = dict(os.environ, DAELAB_ISA="avx2", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "DAELAB_PLAIN_BENCH"):
         env.pop(name, None)
     cmd = [sys.executable, str(BENCHMARKS / "bench_train.py"), "--data-dir", str(idx_dir), "--epochs", "2",
@@ -76,6 +77,11 @@ def test_plain_loop_trains_the_study_model_on_the_same_images(idx_dir):
         return [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert shapes(plain_loop.study_dae()) == shapes(build_model(ModelConfig()))
     loop = plain_loop.PlainLoop(clean, batch_size=64)
-    first, second = loop.epoch(), loop.epoch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as above: correctness, not speed
+    try:
+        first, second = loop.epoch(), loop.epoch()
+    finally:
+        torch.set_num_threads(threads)
     assert second.loss < first.loss and loop.epochs == 2 and second.samples_per_s > 0
     assert plain_loop.steady_rate([1.0, 5.0, 3.0]) == 4.0
