@@ -144,3 +144,16 @@ def test_every_training_step_is_one_step_policy(tiny_dataset):
     assert steps[:2] == ["TorchStep", "TorchStep"]
     from daelab.kernels.fused import load_kernels
     assert steps[2] == ("FusedMLP" if load_kernels() is not None else "TorchStep")
+
+
+def test_resume_refuses_an_optimizer_state_that_does_not_fit_the_model(tmp_path, tiny_dataset):
+    """Adam's load_state_dict takes moments of any shape; the training step (the fused kernels) would then
+    write past them. fit checks them against the model first (daelab.checkpoint.check_optimizer_state)."""
+    fit(ModelConfig(), TrainConfig(epochs=1, **SMALL), tmp_path, dataset=tiny_dataset, progress=False)
+    bad = load_checkpoint(tmp_path / LAST)
+    bad["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    bad.pop("format"), bad.pop("version")
+    save_checkpoint(tmp_path / LAST, bad)
+    with pytest.raises(CheckpointError, match="exp_avg"):
+        fit(ModelConfig(), TrainConfig(epochs=2, **SMALL), tmp_path, dataset=tiny_dataset, progress=False,
+            resume=True)
