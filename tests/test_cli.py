@@ -180,3 +180,19 @@ def test_huge_config_file_is_refused_unread(tmp_path, capsys):
     path.write_text("# padding\n" * 200_000)
     assert main(["train", "--config", str(path), "--data-dir", str(tmp_path / "none")]) == 2
     assert "larger than" in capsys.readouterr().err
+
+
+def test_a_second_train_into_a_finished_run_needs_overwrite(tmp_path, npz_data, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data-dir", str(npz_data), "--run-dir", str(run), "--batch-size", "100", "--no-progress",
+            "--epochs", "1", "--subset", "300"]
+    assert main(args) == 0
+    (run / "probe.json").write_text("{}")  # a later stage's output of the first model
+    before = (run / "last.pt").read_bytes()
+    capsys.readouterr()
+    assert main(args + ["--seed", "3"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == before and (run / "probe.json").exists()
+    assert main(args + ["--seed", "3", "--overwrite"]) == 0
+    assert (run / "last.pt").read_bytes() != before and not (run / "probe.json").exists()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0  # --overwrite not "changed"

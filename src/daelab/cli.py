@@ -74,6 +74,9 @@ def _add_train(sub) -> None:
     p.add_argument("--run-dir", type=Path, help="where to write the run (default: runs/<timestamp>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint (may raise --epochs)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --run-dir: its checkpoints, metrics, TensorBoard events, "
+                        "figures and evaluate/probe/report outputs")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="TOML/YAML/JSON file with [train] and [model] settings; explicit flags win")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -94,7 +97,7 @@ def _run_train(args) -> int:
         RunLock(args.resume).check_free()  # a run still in training may have no checkpoint yet
         state = _resumable_state(Path(args.resume) / LAST)
         given = {k for k, v in vars(args).items() if v is not None} - {"func", "command", "config", "resume",
-                                                                         "run_dir", "no_progress", "debug",
+                                                                         "run_dir", "no_progress", "overwrite", "debug",
                                                                          "verbose", "quiet"}
         fixed = given - RESUMABLE
         if fixed:
@@ -109,7 +112,8 @@ def _run_train(args) -> int:
         config = build_config(TrainConfig, file_values, args, "train")
         model_config = build_config(ModelConfig, file_values, args, "model")
         run_dir = args.run_dir or default_run_dir()
-    result = fit(model_config, config, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    result = fit(model_config, config, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+                 overwrite=args.overwrite)
     if result["history"] and result["rank"] == 0:  # under torchrun, one line, not one per process
         last = result["history"][-1]
         print(f"trained {result['epochs_run']} epochs into {run_dir}: final val_loss {last['val_loss']:.5f}, "

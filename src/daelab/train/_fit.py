@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from daelab import distributed as dist
-from daelab.checkpoint import BEST, LAST, check_model_state, check_optimizer_state, load_checkpoint, save_checkpoints
+from daelab.checkpoint import BEST, LAST, check_resume_state, load_checkpoint, save_checkpoints
 from daelab.config import to_jsonable
 from daelab.data import Dataset
 from daelab.errors import ConfigError, TrainingError, TrainingInterrupted
@@ -214,9 +214,9 @@ def _restore(checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Op
              generator: torch.Generator, device: torch.device, run_dir: Path) -> FitState:
     """Load a checkpoint's weights, Adam state and generator states; return where it stood."""
     source = str(run_dir / LAST)
-    check_model_state(checkpoint["model"], model, source)
+    # the weights, Adam state, generator states and running sums, all checked before any is used
+    check_resume_state(checkpoint, model, source)
     model.load_state_dict(checkpoint["model"])
-    check_optimizer_state(checkpoint["optimizer"], model, source)
     optimizer.load_state_dict(checkpoint["optimizer"])
     _set_rng_state(checkpoint["rng"], generator, device)
     state = FitState(checkpoint["epoch"], checkpoint["epoch_step"], checkpoint["best_metric"],
