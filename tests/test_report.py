@@ -161,3 +161,21 @@ def test_report_in_headless_chromium(full_run, tmp_path):
                     "--window-size=1280,4000", url], capture_output=True, timeout=120, check=True)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@pytest.mark.skipif(not HAS_PROBE, reason="daelab.probe is not installed")
+def test_report_states_the_interval_its_verdict_rests_on(full_run):
+    # The verdict follows the design interval (DAE seeds x classifier seeds x test images); the report must show
+    # that interval beside it, never the narrower classifier-seeds interval, and say what it is over.
+    probe = json.loads((full_run / "probe.json").read_text())
+    headline = probe["headline"]
+    assert "interval" in headline and "verdict_scoped" in headline
+    write_report(full_run)
+    markdown = (full_run / "report.md").read_text()
+    design = headline["interval"]
+    shown = f"[{design['lo']:+.4f}, {design['hi']:+.4f}]"
+    verdict_line = next(line for line in markdown.splitlines() if line.startswith("**Verdict ("))
+    assert shown in verdict_line and headline["verdict_scoped"] in verdict_line
+    assert f"{headline['interval_over']['test_images']:,} test images" in verdict_line
+    if headline.get("lo") is not None and (headline["lo"], headline["hi"]) != (design["lo"], design["hi"]):
+        assert f"[{headline['lo']:+.4f}, {headline['hi']:+.4f}]" not in verdict_line

@@ -332,8 +332,11 @@ def _run_probe(args) -> int:
         print(f"{row['feature']:>12} {row['probe']:>6}: {row['mean']:.4f} +- {row['std']:.4f} (n={row['n']})")
     if report["headline"]:
         h = report["headline"]
-        print(f"{h['probe']}: {h['a']} - {h['b']} = {h['mean']:+.4f}, {100 * report['level']:.0f}% interval "
-              f"[{h['lo']:+.4f}, {h['hi']:+.4f}] over {h['n']} {h['over']}: {h['verdict']}")
+        i, o = h.get("interval", h), h.get("interval_over") or {}
+        over = (f"{o['dae_seeds']} DAE(s) x {o['classifier_seeds']} classifier seeds x {o['test_images']} test images"
+                if o else f"{h['n']} {h['over']}")
+        print(f"{h['probe']}: {h['a']} - {h['b']} = {i['mean']:+.4f}, {100 * report['level']:.0f}% interval "
+              f"[{i['lo']:+.4f}, {i['hi']:+.4f}] over {over}: {h.get('verdict_scoped', h['verdict'])}")
     print(f"wrote {Path(args.run_dir) / JSON_FILE}, {Path(args.run_dir) / MARKDOWN_FILE} and figures/")
     return 0
 

@@ -56,9 +56,27 @@ def _probe_row(probe: dict | None, feature: str, kind: str = "mlp") -> dict | No
     return next((r for r in (probe or {}).get("results", []) if r["feature"] == feature and r["probe"] == kind), None)
 
 
-def _mlp_seeds(probe: dict) -> int:
-    row = _probe_row(probe, "codes")
-    return row["n"] if row else len(probe.get("seeds", []))
+def _design(over: dict | None) -> str:
+    """What an interval is over, in words: ``3 DAEs x 5 classifier seeds x 10,000 test images``."""
+    if not over:
+        return ""
+    daes = over.get("dae_seeds", 1)
+    parts = [f"{daes} DAE{'s' if daes != 1 else ''}", f"{over.get('classifier_seeds', '?')} classifier seeds",
+             f"{over.get('test_images', 0):,} test images"]
+    return " x ".join(parts)
+
+
+def _comparison_cells(c: dict) -> tuple[str, str, str]:
+    """(difference, interval, over) of a comparison: the design interval where the probe computed one."""
+    if "interval" in c:  # over DAE seeds x classifier seeds x test images (probe_runs)
+        i = c["interval"]
+        return f"{i['mean']:+.4f}", f"[{i['lo']:+.4f}, {i['hi']:+.4f}]", _design(c.get("interval_over"))
+    interval = "–" if c.get("lo") is None else f"[{c['lo']:+.4f}, {c['hi']:+.4f}]"
+    return f"{c['mean']:+.4f}", interval, f"{c['n']} {c['over']}"
+
+
+def _verdict(c: dict) -> str:
+    return c.get("verdict_scoped", c["verdict"])
 
 
 # ---------------------------------------------------------------------------------- sections
@@ -170,9 +188,11 @@ def _probe_section(probe: dict | None) -> list[Block]:
     data = probe.get("data", {})
     pct = int(round(100 * probe.get("level", 0.95)))
     split = data.get("split", "")
-    blocks.append(Block("p", f"{split[:1].upper()}{split[1:]}. Seeds {probe.get('seeds')}; {pct}% t-intervals "
-                             "over seeds "
-                             "(deterministic probes run once)."))
+    over = probe.get("interval_over")
+    scope = (f" The comparisons' {pct}% intervals are over {_design(over)} (resampled together; "
+             f"{over.get('method', '')}), so their verdicts hold {over.get('scope', '')}." if over else "")
+    blocks.append(Block("p", f"{split[:1].upper()}{split[1:]}. Seeds {probe.get('seeds')}; the accuracy table's "
+                             f"{pct}% t-intervals are over classifier seeds (deterministic probes run once).{scope}"))
     rows = []
     for r in probe.get("results", []):
         spread = r.get("n", 1) > 1  # a deterministic probe runs once: no spread, no interval
@@ -182,21 +202,23 @@ def _probe_section(probe: dict | None) -> list[Block]:
                         rows=rows, align="llrrrr"))
     comparisons = probe.get("comparisons", [])
     if comparisons:
-        blocks.append(Block("table", "Paired differences (same seeds, or the same test images for deterministic "
-                                     "probes); a difference is called only when its interval excludes zero.",
-                            header=["probe", "comparison", "difference", f"{pct}% interval", "paired over", "verdict"],
-                            align="llrrll", rows=[[c["probe"], f"{c['a']} − {c['b']}", f"{c['mean']:+.4f}",
-                                                   "–" if c.get("lo") is None else f"[{c['lo']:+.4f}, {c['hi']:+.4f}]",
-                                                   f"{c['n']} {c['over']}", c["verdict"]] for c in comparisons]))
+        blocks.append(Block("table", "Paired differences (same classifier seeds, same split, same test images); a "
+                                     "difference is called only when its interval excludes zero.",
+                            header=["probe", "comparison", "difference", f"{pct}% interval", "over", "verdict"],
+                            align="llrrll", rows=[[c["probe"], f"{c['a']} − {c['b']}", *_comparison_cells(c),
+                                                   _verdict(c)] for c in comparisons]))
     if probe.get("headline"):
         h = probe["headline"]
-        blocks.append(Block("p", f"**Verdict ({h['probe']} probe, {h['a']} vs {h['b']}): {h['verdict']}** "
-                                 f"(difference {h['mean']:+.4f}, {pct}% interval "
-                                 f"[{h['lo']:+.4f}, {h['hi']:+.4f}])." if h.get("lo") is not None else
-                                 f"**Verdict ({h['probe']}, {h['a']} vs {h['b']}): {h['verdict']}**."))
+        difference, interval, design = _comparison_cells(h)
+        blocks.append(Block("p", f"**Verdict ({h['probe']} probe, {h['a']} vs {h['b']}): {_verdict(h)}** "
+                                 f"(difference {difference}, {pct}% interval {interval} over {design})."
+                                 if interval != "–" else f"**Verdict ({h['probe']}, {h['a']} vs {h['b']}): "
+                                                         f"{_verdict(h)}**."))
     figures = [Block("figure", caption, path=probe["figures"][key]) for key, caption in (
         ("accuracy", "Test accuracy per feature set and probe (mean and interval over seeds), with the study's "
                      "numbers."),
+        ("seeds", "Each run's test accuracy as a dot (per DAE seed and classifier seed) and the interval the verdict "
+                  "rests on as a bar."),
         ("confusion", "Confusion matrix of the best probe (rows: true class).")) if probe.get("figures", {}).get(key)]
     return blocks + [Block("columns", "figures", children=figures)]
 
@@ -244,7 +266,7 @@ def _study_section(evaluation: dict | None, probe: dict | None, comparisons: lis
             f"{study.ACCURACY['raw'] - study.ACCURACY['codes']:.4f}, in a single run each, which cannot separate them.")
     if probe and probe.get("headline"):
         h = probe["headline"]
-        note += f" Over {_mlp_seeds(probe)} seeds our paired comparison ({h['a']} − {h['b']}) says: {h['verdict']}."
+        note += f" Our paired comparison ({h['a']} − {h['b']}, {_comparison_cells(h)[2]}) says: {_verdict(h)}."
     return blocks + [Block("p", note)]
 
 
@@ -323,8 +345,8 @@ def _headline(config, metrics, evaluation, probe, comparisons) -> list[str]:
         h = probe["headline"]
         codes, raw = _probe_row(probe, h["a"], h["probe"]), _probe_row(probe, h["b"], h["probe"])
         accs = f" ({codes['mean']:.4f} vs {raw['mean']:.4f})" if codes and raw else ""
-        items.append(f"**Features:** with the study's classifier over {_mlp_seeds(probe)} seeds, {h['a']} vs "
-                     f"{h['b']}{accs}: **{h['verdict']}**.")
+        items.append(f"**Features:** with the study's classifier ({_comparison_cells(h)[2]}), {h['a']} vs "
+                     f"{h['b']}{accs}: **{_verdict(h)}**.")
     else:
         items.append("**Features:** the probe has not been run.")
     counts = {v: sum(c["verdict"] == v for c in comparisons) for v in (MATCHED, BEATEN, NOT_MATCHED)}
