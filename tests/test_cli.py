@@ -196,3 +196,17 @@ def test_a_second_train_into_a_finished_run_needs_overwrite(tmp_path, npz_data, 
     assert main(args + ["--seed", "3", "--overwrite"]) == 0
     assert (run / "last.pt").read_bytes() != before and not (run / "probe.json").exists()
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0  # --overwrite not "changed"
+
+
+def test_probe_over_several_trained_daes(tmp_path, npz_data, capsys):
+    runs = [tmp_path / f"seed{seed}" for seed in (0, 1)]
+    for seed, run in enumerate(runs):
+        assert main(["train", "--data-dir", str(npz_data), "--run-dir", str(run), "--batch-size", "100",
+                     "--no-progress", "--epochs", "1", "--subset", "300", "--code-dim", "16", "--seed", str(seed)]) == 0
+    capsys.readouterr()
+    assert main(["probe", *map(str, runs), "--seeds", "2", "--epochs", "1", "--probes", "mlp",
+                 "--features", "codes,raw", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "over 2 DAE(s) x 2 classifier seeds" in out and "over 2 trained DAEs" in out
+    probe = json.loads((runs[0] / "probe.json").read_text())
+    assert probe["dae_seeds"] == [0, 1] and probe["interval_over"]["dae_seeds"] == 2

@@ -315,8 +315,12 @@ def _add_probe(sub) -> None:
                                    + "\nprobes: " + "; ".join(f"{k} = {v}" for k, v in PROBES.items()),
                        epilog="examples:\n  daelab probe runs/exp1\n"
                               "  daelab probe runs/exp1 --seeds 10 --features codes,raw,pca,codes_noisy\n"
-                              "  daelab probe runs/exp1 --probes mlp --epochs 20 --early-stopping 20")
+                              "  daelab probe runs/exp1 --probes mlp --epochs 20 --early-stopping 20\n"
+                              "  daelab probe runs/seed0 runs/seed1 runs/seed2   # verdicts over 3 trained DAEs")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by 'daelab train'")
+    p.add_argument("more_runs", type=Path, nargs="*", metavar="RUN_DIR",
+                   help="more runs of the same config with other --seed values: the comparisons' intervals are then "
+                        "over DAE seeds too (results are written into the first RUN_DIR)")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML/YAML/JSON file with a [probe] section")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_dataclass_args(p.add_argument_group("probe"), ProbeConfig)
@@ -327,7 +331,11 @@ def _run_probe(args) -> int:
     from daelab.probe import JSON_FILE, MARKDOWN_FILE, ProbeConfig, probe_run
     file_values = _read_config(args.config) if args.config else None
     config = build_config(ProbeConfig, file_values, args, "probe")
-    report = probe_run(args.run_dir, config, progress=not args.no_progress)
+    if args.more_runs:
+        from daelab.probe import probe_runs
+        report = probe_runs([args.run_dir, *args.more_runs], config, progress=not args.no_progress)
+    else:
+        report = probe_run(args.run_dir, config, progress=not args.no_progress)
     for row in report["results"]:
         print(f"{row['feature']:>12} {row['probe']:>6}: {row['mean']:.4f} +- {row['std']:.4f} (n={row['n']})")
     if report["headline"]:
