@@ -267,10 +267,13 @@ def _run_report(args) -> int:
 # ---------------------------------------------------------------------------------- denoise
 def _add_denoise(sub) -> None:
     p = sub.add_parser("denoise", formatter_class=_Formatter, help=SUMMARIES["denoise"],
-                       description="Denoise .npy/.npz arrays (an image (H, W) or a stack (N, H, W), uint8 or float "
-                                   "in [0, 1]) and PNG/JPEG files (read as grayscale). Writes NAME.denoised.EXT "
-                                   "beside each input, or into --out; never writes onto an input. The MLP needs "
-                                   "28x28 images; a --model conv run takes any size (large images are tiled).",
+                       description="Denoise .npy/.npz arrays (an image (H, W) or a stack (N, H, W): uint8, uint16 "
+                                   "or float in [0, 1]) and PNG/JPEG files: 8- and 16-bit grayscale are kept as "
+                                   "they are, colour is denoised channel by channel, an alpha channel is carried "
+                                   "through unchanged. An input of more than $DAELAB_MAX_PIXELS values (default "
+                                   "64 Mi) is refused before it is decoded. Writes NAME.denoised.EXT beside each "
+                                   "input, or into --out; never writes onto an input. The MLP needs 28x28 images; "
+                                   "a --model conv run takes any size (large images are tiled).",
                        epilog="examples:\n  daelab denoise runs/exp1 shirt.png\n"
                               "  daelab denoise runs/conv photo.png --add-noise gaussian:0.1 --out denoised/\n"
                               "  daelab denoise runs/conv noisy.npy --reference clean.npy")
