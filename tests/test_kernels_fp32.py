@@ -146,3 +146,12 @@ def test_choose_path_honours_requests_caps_and_devices():
     assert choose_path(torch.device("meta"), "fp32")[:2] == ("fp32", False)
     with pytest.raises(ValueError):
         choose_path(CPU, "fp16")
+
+
+def test_the_fp32_gather_refuses_a_row_outside_the_data():
+    lib = fused.load_kernels()
+    data, clean, noisy = torch.rand(10, 4), torch.zeros(2, 4), torch.zeros(2, 4)
+    with pytest.raises(fused.KernelError, match="gather_gaussian_f32"):
+        lib.gather_gaussian_f32(fused.ptr(data), 10, fused.ptr(torch.tensor([0, 10])), 2, 4, 0.1, 1, 0,
+                                fused.ptr(clean), fused.ptr(noisy))
+    assert float(noisy.abs().sum()) == 0.0 and float(clean.abs().sum()) == 0.0  # refused before any work
