@@ -6,7 +6,7 @@ below becomes a no-op, so the single-process path never imports a process group.
 
 Choices, documented:
 - backend ``nccl`` on CUDA, ``gloo`` on CPU; each rank drives ``cuda:LOCAL_RANK``.
-- the epoch order is a permutation drawn from ``seed + epoch`` on every rank, padded to a multiple
+- the epoch order is a permutation seeded ``epoch_order_seed(seed, epoch)`` on every rank, padded to a multiple
   of the world size and dealt out ``order[rank::world]`` (what ``DistributedSampler`` does), so all
   ranks take the same number of steps; noise is drawn from a generator seeded ``seed + rank``.
 - BatchNorm: by default each rank normalises with its own batch statistics and DDP broadcasts
@@ -93,7 +93,7 @@ def shard_size(n: int, ctx: DistContext) -> int:
 
 
 def epoch_order(n: int, seed: int, epoch: int, ctx: DistContext, device: torch.device) -> torch.Tensor:
-    """This rank's sample indices for ``epoch``: a permutation from ``seed + epoch``, padded and dealt out by rank."""
+    """This rank's sample indices for ``epoch``: a permutation seeded ``epoch_order_seed(seed, epoch)``, by rank."""
     generator = torch.Generator().manual_seed(epoch_order_seed(seed, epoch))
     order = torch.randperm(n, generator=generator)
     if ctx.enabled:

@@ -8,8 +8,9 @@ steps: open the run directory (lock first, then clean up), set up (and restore a
 A checkpoint is written after every epoch (and every ``checkpoint_every`` steps when asked), so a
 run killed at any moment resumes from the last one to the same weights an uninterrupted run reaches.
 
-Randomness is explicit: the sample order of epoch e is a permutation drawn from ``seed + e`` (the
-same on every rank, like ``DistributedSampler.set_epoch``); one ``torch.Generator`` seeded
+Randomness is explicit (``daelab.seeds``): epoch e's order is a permutation seeded
+``epoch_order_seed(seed, e)`` (the same on every rank, like ``DistributedSampler.set_epoch``); one
+``torch.Generator`` seeded
 ``seed + rank`` draws the training noise; dropout uses the global generator, seeded once; both
 generator states go into every checkpoint.
 """
