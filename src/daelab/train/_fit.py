@@ -10,9 +10,8 @@ run killed at any moment resumes from the last one to the same weights an uninte
 
 Randomness is explicit (``daelab.seeds``): epoch e's order is a permutation seeded
 ``epoch_order_seed(seed, e)`` (the same on every rank, like ``DistributedSampler.set_epoch``); one
-``torch.Generator`` seeded
-``seed + rank`` draws the training noise; dropout uses the global generator, seeded once; both
-generator states go into every checkpoint.
+``torch.Generator`` seeded ``seed + rank`` draws the training noise; dropout uses the global
+generator, seeded once; both generator states go into every checkpoint.
 """
 from __future__ import annotations
 
