@@ -6,19 +6,17 @@ through one of the streams below, so that draws never share a seed by accident a
 what each seed drives. The offsets are the ones the study's runs have always used: changing one
 changes the numbers a run produces.
 
-=====================  =======================================  ==========================================
-stream                 seed                                     drives
-=====================  =======================================  ==========================================
-``MODEL_INIT``         ``seed``                                 the DAE's initial weights (global torch RNG)
-``TRAIN_NOISE``        ``seed + rank``                          training noise and the fused dropout masks
-``EPOCH_ORDER``        ``seed * 1_000_003 + epoch``             each epoch's sample order (all ranks alike)
-``VALIDATION_NOISE``   ``seed + 10007``                         the one fixed noise draw of the validation set
-``EVAL_NOISE``         ``(seed * 1_000_003 + crc32(spec)) % 2**63``  the evaluation's noise, per noise spec
-``CODES_NOISY``        ``seed + 20011``                         the probe's noisy-codes feature
-``CLASSIFIER_INIT``    ``SeedSequence([seed, 0])``              a probe classifier's initial weights
-``CLASSIFIER_DATA``    ``SeedSequence([seed, 1])``              a probe classifier's batch order and dropout
-``BOOTSTRAP``          ``SeedSequence([seed, 2])``              the probe's hierarchical bootstrap resamples
-=====================  =======================================  ==========================================
+| stream | seed | drives |
+|---|---|---|
+| ``MODEL_INIT`` | ``seed`` | the DAE's initial weights (global torch RNG) |
+| ``TRAIN_NOISE`` | ``seed + rank`` | training noise and the fused dropout masks |
+| ``EPOCH_ORDER`` | ``seed * 1_000_003 + epoch`` | each epoch's sample order (all ranks alike) |
+| ``VALIDATION_NOISE`` | ``seed + 10007`` | the one fixed noise draw of the validation set |
+| ``EVAL_NOISE`` | ``(seed * 1_000_003 + crc32(spec)) % 2**63`` | the evaluation's noise, per noise spec |
+| ``CODES_NOISY`` | ``seed + 20011`` | the probe's noisy-codes feature |
+| ``CLASSIFIER_INIT`` | ``SeedSequence([seed, 0])`` | a probe classifier's initial weights |
+| ``CLASSIFIER_DATA`` | ``SeedSequence([seed, 1])`` | a probe classifier's batch order and dropout |
+| ``BOOTSTRAP`` | ``SeedSequence([seed, 2])`` | the resamples of the probe's intervals |
 """
 from __future__ import annotations
 
