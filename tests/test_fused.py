@@ -252,9 +252,27 @@ def test_unsupported_models_and_optimizers_fall_back():
     assert fused.make_fused(mlp, decayed, torch.device("cpu")) is None
     sgd = torch.optim.SGD(mlp.parameters(), lr=0.1)
     assert fused.make_fused(mlp, sgd, torch.device("cpu")) is None
-    policy = make_training_policy(mlp, make_optimizer(mlp, TrainConfig()), TrainConfig(precision="fp32"),
+    policy = make_training_policy(mlp, make_optimizer(mlp, TrainConfig()), TrainConfig(precision="fp32",
+                                                                                       kernels="torch"),
                                   torch.device("cpu"))
     assert not getattr(policy, "fused", False)
+    # fp32 with --kernels auto takes the fused fp32 step (issue 19)
+    policy = make_training_policy(mlp, make_optimizer(mlp, TrainConfig()), TrainConfig(precision="fp32"),
+                                  torch.device("cpu"))
+    assert getattr(policy, "fused", False) and policy.dtype == torch.float32
+
+
+def test_the_training_path_is_logged_once(monkeypatch, caplog):
+    from daelab.train import _steps
+    monkeypatch.setattr(_steps, "_PATHS_SAID", set())
+    monkeypatch.setenv("DAELAB_ISA", "avx2")  # as an AVX2 machine: no native bf16
+    mlp = build_model(SMALL)
+    with caplog.at_level(logging.INFO, logger="daelab.train._steps"):
+        for _ in range(2):
+            policy = make_training_policy(mlp, make_optimizer(mlp, TrainConfig()), TrainConfig(), torch.device("cpu"))
+            assert policy.fused and policy.dtype == torch.float32 and policy.lib.variant == "avx2"
+    said = [r.getMessage() for r in caplog.records if r.name == "daelab.train._steps"]
+    assert said == ["training path: fp32 fused kernels (AVX2; no native bf16; DAELAB_ISA=avx2)"]
 
 
 def test_fused_kernels_not_used_say_why_once(monkeypatch, caplog):
@@ -271,8 +289,8 @@ def test_fused_kernels_not_used_say_why_once(monkeypatch, caplog):
             policy = make_training_policy(edited, make_optimizer(edited, bf16), bf16, cpu)
             assert not getattr(policy, "fused", False)
         assert fused.make_fused(mlp, torch.optim.SGD(mlp.parameters(), lr=0.1), torch.device("meta")) is None
-        # not asked for: fp32 training never tries the fused step, so says nothing about it
-        make_training_policy(conv, make_optimizer(conv, TrainConfig()), TrainConfig(precision="fp32"), cpu)
+        # not asked for: --kernels torch never tries the fused step, so says nothing about it
+        make_training_policy(edited, make_optimizer(edited, TrainConfig()), TrainConfig(kernels="torch"), cpu)
     warnings = [r.getMessage() for r in caplog.records if r.name == "daelab.kernels._mlp"]
     assert len(warnings) == 3 and all(w.startswith("fused CPU kernels not used: ") for w in warnings)
     assert "ConvDAE has no encoder/decoder nn.Sequential" in warnings[0]

@@ -11,6 +11,7 @@ per-batch allocation on the data path.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -20,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from daelab.kernels.fused import make_fused
-from daelab.train._config import TrainConfig, resolve_precision
+from daelab.kernels.fused import choose_path, make_fused
+from daelab.train._config import TrainConfig
 from daelab.train._precision import WeightPolicy, make_policy
+
+log = logging.getLogger(__name__)
+_PATHS_SAID: set[str] = set()  # the training paths already logged, once each per process
 
 
 @runtime_checkable
@@ -191,9 +195,13 @@ def make_training_policy(model: nn.Module, optimizer: torch.optim.Optimizer, con
                          device: torch.device, distributed: bool = False) -> StepPolicy | WeightPolicy:
     """How the training step runs: daelab's fused kernels where they apply, else a precision policy.
 
-    Fused: bf16, ``--kernels auto``, one process, a CPU, an MLP of the study's shape and a C compiler
-    (see :func:`daelab.kernels.fused.make_fused`). Otherwise PyTorch's ops through
-    :func:`daelab.train._precision.make_policy`. Call after loading a checkpoint: the bf16 copies are taken then.
+    :func:`daelab.kernels.choose_path` picks the precision and whether to fuse: on a CPU with
+    ``--kernels auto`` and one process, the fused step in bf16 where bf16 is native, else in fp32;
+    it then needs an MLP of the study's shape and a C compiler (see
+    :func:`daelab.kernels.fused.make_fused`). Otherwise PyTorch's ops through
+    :func:`daelab.train._precision.make_policy`. The path taken and why is logged once per process
+    (e.g. "fp32 fused kernels (AVX2; no native bf16)"). Call after loading a checkpoint: the bf16
+    copies are taken then.
 
     Parameters
     ----------
@@ -213,12 +221,15 @@ def make_training_policy(model: nn.Module, optimizer: torch.optim.Optimizer, con
     StepPolicy or WeightPolicy
         A :class:`~daelab.kernels.fused.FusedMLP`, or an fp32 / bf16-shadow weight policy.
     """
-    precision = resolve_precision(config.precision, device)
-    if precision == "bf16" and config.kernels == "auto" and not distributed:
-        policy = make_fused(model, optimizer, device)
-        if policy is not None:
-            return policy
-    return make_policy(model, precision)
+    path = choose_path(device, config.precision, config.kernels, distributed=distributed)
+    policy = make_fused(model, optimizer, device, precision=path.precision) if path.fused else None
+    reason = path.reason
+    if path.fused and policy is None:  # make_fused has warned why
+        reason = f"{path.precision} PyTorch ops (the fused kernels do not apply: see the warning)"
+    if reason not in _PATHS_SAID:
+        _PATHS_SAID.add(reason)
+        log.info("training path: %s", reason)
+    return policy if policy is not None else make_policy(model, path.precision)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
