@@ -157,3 +157,14 @@ def test_resume_refuses_an_optimizer_state_that_does_not_fit_the_model(tmp_path,
     with pytest.raises(CheckpointError, match="exp_avg"):
         fit(ModelConfig(), TrainConfig(epochs=2, **SMALL), tmp_path, dataset=tiny_dataset, progress=False,
             resume=True)
+
+
+@pytest.mark.parametrize("isa, expected", [("avx2", "fp32"), ("avx512", "fp32"), ("amx", None)])
+def test_auto_precision_follows_native_bf16_and_the_isa_cap(monkeypatch, isa, expected):
+    from daelab.cpu import has_native_bf16
+    from daelab.kernels.fused import choose_path
+    from daelab.train import resolve_precision
+    monkeypatch.setenv("DAELAB_ISA", isa)
+    recorded = resolve_precision("auto", torch.device("cpu"))
+    assert recorded == (expected or ("bf16" if has_native_bf16() else "fp32"))
+    assert choose_path(torch.device("cpu")).precision == recorded  # what config.json says is what ran

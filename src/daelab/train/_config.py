@@ -135,7 +135,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-    except (AttributeError, RuntimeError):
-        return "fp32"
+    # the same rule as the kernels' path choice (daelab.kernels.choose_path), honouring DAELAB_ISA; oneDNN's own
+    # query says yes on AVX-512 CPUs that only emulate bf16, where a bf16 step runs slower than fp32
+    from daelab.cpu import has_native_bf16
+    return "bf16" if has_native_bf16() else "fp32"
