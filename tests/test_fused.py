@@ -11,6 +11,7 @@ from daelab.kernels import _loader, fused
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
 from daelab.train import TrainConfig, fit, make_optimizer, make_training_policy
+from kernel_reference import reference_loss
 
 pytestmark = pytest.mark.skipif(fused.load_kernels() is None, reason="no C compiler for the fused kernels")
 
@@ -26,24 +27,14 @@ def _setup(config=SMALL, seed=0):
     return model, optimizer, policy
 
 
+def _bf16_weight(layer):
+    layer.ref_weight = layer.linear.weight.detach().bfloat16().float().requires_grad_()
+    return layer.ref_weight
+
+
 def _reference_loss(model, policy, noisy, clean, masks):
     """The model's training forward in fp32 autograd, on the fused step's bf16 weights, input and masks."""
-    x = noisy.float()
-    for layer, keep in zip(policy.layers, masks):
-        weight = layer.linear.weight.detach().bfloat16().float().requires_grad_()
-        layer.ref_weight = weight
-        z = x @ weight.t() + layer.linear.bias
-        if layer.kind == "bn":
-            bn = layer.bn
-            z = F.batch_norm(z, bn.running_mean.clone(), bn.running_var.clone(), bn.weight, bn.bias, True,
-                             bn.momentum, bn.eps)
-            if keep is not None:
-                z = z * keep.float() / (1 - layer.dropout)
-            z = F.leaky_relu(z, layer.slope)
-        elif layer.kind == "sigmoid":
-            z = torch.sigmoid(z)
-        x = z
-    return F.mse_loss(x, clean)
+    return reference_loss(policy, noisy.float(), clean, masks, _bf16_weight)
 
 
 def _relative_error(got, want):

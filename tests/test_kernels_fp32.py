@@ -9,13 +9,13 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from daelab.cpu import CpuInfo
 from daelab.kernels import choose_path, fused
 from daelab.models import ModelConfig, build_model
 from daelab.noise import parse_noise
 from daelab.train import TrainConfig, make_optimizer
+from kernel_reference import reference_loss
 
 pytestmark = pytest.mark.skipif(fused.load_kernels() is None, reason="no C compiler for the fused kernels")
 
@@ -34,20 +34,7 @@ def _setup(precision="fp32", seed=0):
 
 def _reference_loss(policy, noisy, clean, masks):
     """The model's training forward in fp32 autograd on the fused step's input and dropout masks."""
-    x = noisy
-    for layer, keep in zip(policy.layers, masks):
-        z = x @ layer.linear.weight.t() + layer.linear.bias
-        if layer.kind == "bn":
-            bn = layer.bn
-            z = F.batch_norm(z, bn.running_mean.clone(), bn.running_var.clone(), bn.weight, bn.bias, True,
-                             bn.momentum, bn.eps)
-            if keep is not None:
-                z = z * keep.float() / (1 - layer.dropout)
-            z = F.leaky_relu(z, layer.slope)
-        elif layer.kind == "sigmoid":
-            z = torch.sigmoid(z)
-        x = z
-    return F.mse_loss(x, clean)
+    return reference_loss(policy, noisy, clean, masks)
 
 
 def test_fp32_gradients_match_autograd():
