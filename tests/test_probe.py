@@ -316,3 +316,14 @@ def test_runs_of_other_configs_or_one_seed_are_refused(tiny_run, tiny_dataset, t
     assert _check_one_design([Path("a"), Path("b")], [checkpoint, same]) == [0, 3]
     with pytest.raises(ConfigError, match="no run directory"):
         probe_runs([])
+
+
+def test_epoch_masks_refuse_an_output_the_kernel_cannot_walk():
+    from daelab.kernels.fused import load_kernels
+    from daelab.probe._classifier_step import epoch_masks
+    lib = load_kernels()
+    if lib is None:
+        pytest.skip("no C compiler for the fused kernels")
+    strided = torch.empty(1, 96, 50).transpose(1, 2)  # (1, 50, 96) whose rows are not contiguous
+    with pytest.raises(ValueError, match="contiguous"):
+        epoch_masks([seed_generator(0, 1)], strided, lib)

@@ -15,7 +15,7 @@ import torch
 from daelab.kernels.fused import FusedAdam, draw_key, keep_threshold, load_kernels, ptr
 from daelab.probe._stacked import BN_EPS, BN_MOMENTUM, DROPOUT, HIDDEN, StackedClassifier
 
-# Sizes the C classifier tail (``classifier_tail`` in _fused.c) has room for; larger ones train with autograd.
+# Sizes the C classifier tail (``classifier_tail`` in _classifier.c) has room for; larger ones train with autograd.
 TAIL_MAX_HIDDEN, TAIL_MAX_CLASSES = 256, 16
 
 
@@ -99,7 +99,7 @@ def epoch_masks(generators: Sequence[torch.Generator], out: torch.Tensor, lib=No
     for s, generator in enumerate(generators):
         if lib is not None:
             lib.dropout_mask(draw_key(generator), 0, out[s].numel(), keep_threshold(DROPOUT), None, 1.0 / keep,
-                             out[s].data_ptr())
+                             ptr(out[s]))  # ptr: dtype, contiguity and size checked before the C call
         else:
             out[s].uniform_(0.0, 1.0, generator=generator).ge_(DROPOUT).mul_(1.0 / keep)
     return out
