@@ -15,7 +15,8 @@ Prints, from one run on one machine state:
 - the whole run's wall time.
 
 Contenders: ``plain`` (the in-repo plain loop, fp32; ratio 1.0 by definition), ``fp32`` (daelab,
-PyTorch ops, fp32), ``bf16-torch`` (daelab, PyTorch ops, bf16 shadow weights; ``--kernels
+PyTorch ops, fp32), ``fp32-fused`` (daelab's fused C kernels in fp32: the default where bf16 is
+not native), ``bf16-torch`` (daelab, PyTorch ops, bf16 shadow weights; ``--kernels
 torch``), ``bf16`` (daelab's default where bf16 is native: its fused C kernels, bf16 matmuls, fp32
 master weights). Each contender keeps training across the rounds: round after round every
 contender runs ``--epochs`` more epochs (the order rotates each round, so a drift in a shared
@@ -60,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import PlainLoop, run_script  # noqa: E402
 
 MODES = {"fp32": {"precision": "fp32", "kernels": "torch"},
+         "fp32-fused": {"precision": "fp32", "kernels": "auto"},
          "bf16-torch": {"precision": "bf16", "kernels": "torch"},
          "bf16": {"precision": "bf16", "kernels": "auto"}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -160,7 +162,7 @@ class DaelabContender:
         self.config = TrainConfig(**MODES[mode])
         self.optimizer = make_optimizer(self.model, self.config)
         self.policy = make_training_policy(self.model, self.optimizer, self.config, torch.device("cpu"))
-        self.fused = mode == "bf16" and hasattr(self.policy, "step")
+        self.fused = MODES[mode]["kernels"] == "auto" and hasattr(self.policy, "step")
         self.clean = clean
         self.noise = parse_noise(self.config.noise)
         self.generator = torch.Generator().manual_seed(0)
@@ -204,7 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--rounds", type=int, default=5, help="rounds of all contenders (medians are reported)")
     group.add_argument("--loss-epochs", type=int, default=10, help="report each contender's validation loss after "
                        "this many epochs in all (epochs beyond rounds x epochs run after the rounds); 0 skips")
-    group.add_argument("--modes", default="fp32,bf16-torch,bf16", help="daelab contenders, comma-separated: "
+    group.add_argument("--modes", default="fp32,fp32-fused,bf16-torch,bf16",
+                       help="daelab contenders, comma-separated: "
                        + ", ".join(MODES))
     group.add_argument("--reference-loop", type=Path, default=os.environ.get("DAELAB_PLAIN_BENCH") or None,
                        metavar="PATH", help="also time this plain-loop script (e.g. ../shared/bench/"
@@ -280,8 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     result.update(train_samples=len(clean), train_flops_per_sample=flops)
     contenders = [PlainContender(clean)] + [DaelabContender(mode, clean) for mode in modes]
     for c in contenders:
-        if c.key == "bf16" and not c.fused:
-            print("note: the fused kernels are unavailable here; 'bf16' runs PyTorch ops", file=sys.stderr)
+        if c.key in ("bf16", "fp32-fused") and not c.fused:
+            print(f"note: the fused kernels are unavailable here; '{c.key}' runs PyTorch ops", file=sys.stderr)
     states = {c.key: {"epochs": 0, "val_loss": None} for c in contenders}
 
     # Rounds: every contender runs once per round, so a drift in the shared machine's speed hits
@@ -349,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
                  "fraction_of_model_gemm_ceiling": achieved / ceiling,
                  "fraction_of_square_peak": achieved / ceilings[f"square_{c.dtype}"],
                  "inference_images_per_s": inference_rate(c.model, test, c.dtype == "bf16"),
-                 "val_loss": states[c.key]["val_loss"], "epochs_run": states[c.key]["epochs"]}
+                 "val_loss": states[c.key]["val_loss"], "epochs_run": states[c.key]["epochs"],
+                 "fused": bool(getattr(c, "fused", False))}
         result["contenders"][c.key] = entry
     if args.reference_loop is not None:
         values = [rates["reference"] for rates in per_round]

@@ -52,7 +52,7 @@ def test_bench_train_runs_end_to_end_on_the_avx2_path(idx_dir, tmp_path):
         assert result["machine"]["torch_capability"] == "AVX2"
         assert result["machine"]["library_caps"]["ATEN_CPU_CAPABILITY"] == "avx2"
     contenders = result["contenders"]
-    assert set(contenders) == {"plain", "fp32"}
+    assert set(contenders) == {"plain", "fp32", "fp32-fused"}
     assert contenders["plain"]["ratio_vs_plain"] == 1.0
     for entry in contenders.values():
         assert entry["samples_per_s"] > 0 and 0 < entry["fraction_of_model_gemm_ceiling"]
@@ -61,6 +61,10 @@ def test_bench_train_runs_end_to_end_on_the_avx2_path(idx_dir, tmp_path):
     table = [line for line in lines if line.startswith("| plain loop (fp32) |")]
     assert len(table) == 1 and "| 1.00 (1.00-1.00) |" in table[0] and "of fp32" in table[0]
     assert any(line.startswith("| daelab fp32 |") for line in lines)
+    assert any(line.startswith("| daelab fp32-fused |") for line in lines)
+    from daelab.kernels.fused import load_kernels
+    assert contenders["fp32-fused"]["fused"] == (load_kernels() is not None)  # the fp32 kernels ran, where built
+    assert not contenders["fp32"]["fused"]
     assert lines[-1].startswith("total wall time: ") and f"ISA class {isa}" in lines[-1]
 
 
