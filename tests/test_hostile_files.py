@@ -254,6 +254,22 @@ def test_evaluate_on_a_read_only_run_dir_fails_before_computing(cli_run, tmpfs, 
         evaluate_run(disk / "run", EvalConfig(denoisers="none", robustness="none"), progress=False)
 
 
+def test_train_resume_and_denoise_on_a_read_only_run_dir_are_one_line(cli_run, tmpfs, capsys):
+    # a real read-only file system (root ignores directory permissions): one line, exit 2, the run untouched
+    disk = tmpfs("64m")
+    shutil.copytree(cli_run, disk / "run")
+    before = (disk / "run" / LAST).read_bytes()
+    _read_only(disk)
+    err = _one_line_error(capsys, 2, main(["train", "--resume", str(disk / "run"), "--epochs", "2", "--no-progress"]))
+    assert "Read-only file system" in err or "cannot write" in err
+    picture = disk.parent / "noisy.npy"
+    np.save(picture, np.zeros((2, 28, 28), dtype=np.float32))
+    err = _one_line_error(capsys, 2, main(["denoise", str(disk / "run"), str(picture), "--out",
+                                           str(disk / "run" / "out")]))
+    assert "Read-only file system" in err or "cannot write" in err or "not writable" in err
+    assert (disk / "run" / LAST).read_bytes() == before
+
+
 def test_report_on_a_read_only_run_dir_is_one_line(cli_run, tmpfs, capsys):
     disk = tmpfs("64m")
     shutil.copytree(cli_run, disk / "run")
