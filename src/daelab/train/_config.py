@@ -131,11 +131,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     str
         ``fp32`` or ``bf16``.
     """
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    # the same rule as the kernels' path choice (daelab.kernels.choose_path), honouring DAELAB_ISA; oneDNN's own
-    # query says yes on AVX-512 CPUs that only emulate bf16, where a bf16 step runs slower than fp32
-    from daelab.cpu import has_native_bf16
-    return "bf16" if has_native_bf16() else "fp32"
+    # one rule, the one training runs by (daelab.kernels.choose_path, honouring DAELAB_ISA), so config.json
+    # records the precision that ran; oneDNN's own query says yes on CPUs that only emulate bf16
+    from daelab.kernels import choose_path
+    return choose_path(device, precision).precision
