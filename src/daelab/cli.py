@@ -57,6 +57,7 @@ SUMMARIES = {
     "denoise": "denoise your own images with a trained run",
     "reproduce": "redo the whole study into one run directory and write its report",
     "report": "write report.html and report.md of a run",
+    "sweep": "train, evaluate and probe a grid of DAEs (Optuna trials) and chart what it shows",
 }
 
 
@@ -352,8 +353,15 @@ def _run_probe(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ sweep
+def _add_sweep(sub) -> None:
+    from daelab.sweep.cli import add_parser  # the sweep's flags live beside its engine
+    add_parser(sub, _Formatter, SUMMARIES["sweep"])
+
+
 COMMANDS = {"train": _add_train, "summary": _add_summary, "evaluate": _add_evaluate, "probe": _add_probe,
-            "denoise": _add_denoise, "reproduce": _add_reproduce, "report": _add_report}
+            "denoise": _add_denoise, "reproduce": _add_reproduce, "report": _add_report,
+            "sweep": _add_sweep}
 
 
 def _requested_command(argv: list[str]) -> str | None:
