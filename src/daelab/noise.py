@@ -5,6 +5,12 @@ A noise model is a small object built from a spec string ``name:level`` (``gauss
 ``torch.Generator`` returns a new noisy tensor clipped to [0, 1]; ``apply_`` does the same in a
 buffer the caller owns, which is what the training loop uses so no batch allocates.
 
+The natural-image protocol's noises are the exception to the clipping (``clipped`` is False):
+``awgn:S`` adds ``S/255 * N(0, 1)`` with S on the 0-255 scale and leaves the noisy values outside
+[0, 1] where they fall, as the published Set12 protocol (DnCNN, BM3D) does; ``awgn_range:A-B``
+draws each image's std uniformly in [A, B] (0-255 scale) for training a blind denoiser. A range
+level is written ``A-B`` (``awgn_range:0-55``); lists still split on commas (``awgn:15,25,50``).
+
 Reading of the study's "P value": the study evaluates "uniform noise of intensity P" without
 giving its formula. daelab reads it as additive uniform noise ``clip(x + U(-P, P), 0, 1)``, the
 uniform counterpart of its Gaussian training noise ``clip(x + 0.1 * N(0, 1), 0, 1)``.
@@ -28,6 +34,8 @@ class NoiseModel:
     name: ClassVar[str] = ""
     max_level: ClassVar[float] = 1.0
     meaning: ClassVar[str] = ""
+    clipped: ClassVar[bool] = True       # whether the noisy output is clipped to [0, 1]
+    takes_range: ClassVar[bool] = False  # whether the level may be a range ``A-B``
 
     @property
     def spec(self) -> str:
@@ -136,29 +144,119 @@ class GaussianRange(NoiseModel):
         return out.normal_(0.0, 1.0, generator=generator).mul_(u.square_() * self.level).add_(clean).clamp_(0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class AWGN(NoiseModel):
+    """The published protocol's additive white Gaussian noise, std ``S/255``, **not clipped**.
+
+    ``level`` is S on the 0-255 scale; :attr:`nominal_std` is ``S/255``, on the [0, 1] scale the
+    tensors are on. Unlike ``gaussian:s`` the noisy values are left outside [0, 1], so that PSNR
+    figures compare with the published ones (clipping the input shrinks the noise at dark and light
+    pixels and flatters every method).
+    """
+
+    name: ClassVar[str] = "awgn"
+    max_level: ClassVar[float] = 255.0
+    meaning: ClassVar[str] = "x + S/255 * N(0, 1), NOT clipped, S in [0, 255] on the 0-255 scale (Set12 protocol)"
+    clipped: ClassVar[bool] = False
+
+    @property
+    def nominal_std(self) -> float:
+        return self.level / 255.0
+
+    def apply_(self, clean, out, generator=None):
+        return out.normal_(0.0, self.level / 255.0, generator=generator).add_(clean)
+
+
+@dataclass(frozen=True)
+class AWGNRange(NoiseModel):
+    """Unclipped Gaussian noise whose std is drawn per image uniformly in ``[low, level]`` (0-255 scale).
+
+    Each item along the first axis (an image of a batch (N, ...), a patch of (N, 1, p, p)) gets its
+    own std; pass a lone image as (1, H, W). ``awgn_range:B`` means ``awgn_range:0-B``.
+    """
+
+    low: float = 0.0
+    name: ClassVar[str] = "awgn_range"
+    max_level: ClassVar[float] = 255.0
+    meaning: ClassVar[str] = ("x + s/255 * N(0, 1), NOT clipped, with s ~ U(A, B) drawn per image, written A-B, "
+                              "0 <= A <= B <= 255 on the 0-255 scale (training a blind denoiser)")
+    clipped: ClassVar[bool] = False
+    takes_range: ClassVar[bool] = True
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.low:g}-{self.level:g}"
+
+    @property
+    def nominal_std(self) -> float:
+        # the rms std over the range: sqrt(E[s**2]) for s ~ U(A, B)
+        low, high = self.low, self.level
+        return math.sqrt((low * low + low * high + high * high) / 3.0) / 255.0
+
+    def apply_(self, clean, out, generator=None):
+        std = torch.rand((len(clean),) + (1,) * (clean.dim() - 1), generator=generator, dtype=out.dtype,
+                         device=out.device)
+        std.mul_((self.level - self.low) / 255.0).add_(self.low / 255.0)   # (N, 1, ...) in [A, B] / 255
+        return out.normal_(0.0, 1.0, generator=generator).mul_(std).add_(clean)
+
+
 NOISE_MODELS: dict[str, type[NoiseModel]] = {cls.name: cls for cls in (Gaussian, Uniform, SaltPepper, Masking,
-                                                                        GaussianRange)}
+                                                                        GaussianRange, AWGN, AWGNRange)}
 
 
 def valid_specs() -> str:
-    return "; ".join(f"{name}:LEVEL = {cls.meaning}" for name, cls in NOISE_MODELS.items())
+    return "; ".join(f"{name}:{'A-B' if cls.takes_range else 'LEVEL'} = {cls.meaning}"
+                     for name, cls in NOISE_MODELS.items())
 
 
-def make_noise(name: str, level: float) -> NoiseModel:
-    """Build a noise model by registry name; unknown names and out-of-range levels raise ConfigError."""
+def _check_level(cls: type[NoiseModel], level) -> float:
+    if not (isinstance(level, (int, float)) and math.isfinite(level) and 0.0 <= level <= cls.max_level):
+        raise ConfigError(f"noise level {level!r} out of range for {cls.name}", cls.meaning)
+    return float(level)
+
+
+def make_noise(name: str, level: float | tuple[float, float]) -> NoiseModel:
+    """Build a noise model by registry name; unknown names and out-of-range levels raise ConfigError.
+
+    ``level`` is one number, or for a range noise (``awgn_range``) a pair ``(low, high)``.
+    """
     cls = NOISE_MODELS.get(name.strip().lower().replace("-", "_"))
     if cls is None:
         raise ConfigError(f"unknown noise model {name!r}", f"valid: {', '.join(NOISE_MODELS)}")
-    if not (isinstance(level, (int, float)) and math.isfinite(level) and 0.0 <= level <= cls.max_level):
-        raise ConfigError(f"noise level {level!r} out of range for {cls.name}", cls.meaning)
-    return cls(float(level))
+    if isinstance(level, tuple):
+        if not cls.takes_range:
+            raise ConfigError(f"{cls.name} takes one level, not a range {level[0]:g}-{level[1]:g}", cls.meaning)
+        low, high = (_check_level(cls, value) for value in level)
+        if low > high:
+            raise ConfigError(f"noise range {low:g}-{high:g} of {cls.name} runs backwards", cls.meaning)
+        return cls(high, low=low)
+    return cls(_check_level(cls, level))
+
+
+def _parse_level(text: str) -> float | tuple[float, float] | None:
+    """``"0.1"`` -> 0.1, ``"15-50"`` -> (15.0, 50.0), anything else None.
+
+    A number is tried first, so ``1e-3`` stays one number and ``-0.1`` is a (negative) number;
+    only then is the text split at a ``-`` whose both sides are numbers.
+    """
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    for at in (i for i, char in enumerate(text) if char == "-" and i > 0):
+        try:
+            return float(text[:at]), float(text[at + 1:])
+        except ValueError:
+            continue
+    return None
 
 
 def parse_noise_list(spec: str) -> list[NoiseModel]:
     """Parse ``name:l1,l2,...`` or several of those joined by ``;`` or spaces into noise models.
 
     ``"uniform:0.05,0.1"`` -> [Uniform(0.05), Uniform(0.1)];
-    ``"gaussian:0.1;masking:0.25"`` -> [Gaussian(0.1), Masking(0.25)].
+    ``"gaussian:0.1;masking:0.25"`` -> [Gaussian(0.1), Masking(0.25)];
+    ``"awgn:15,25,50"`` -> three AWGN levels; ``"awgn_range:0-55"`` -> one range (a level ``A-B``).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("empty noise spec", f"write NAME:LEVEL; {valid_specs()}")
@@ -168,10 +266,9 @@ def parse_noise_list(spec: str) -> list[NoiseModel]:
         if not sep or not levels:
             raise ConfigError(f"noise spec {group!r} has no level", f"write NAME:LEVEL; {valid_specs()}")
         for text in levels.split(","):
-            try:
-                level = float(text)
-            except ValueError:
-                raise ConfigError(f"noise level {text!r} in {group!r} is not a number", valid_specs()) from None
+            level = _parse_level(text)
+            if level is None:
+                raise ConfigError(f"noise level {text!r} in {group!r} is not a number", valid_specs())
             models.append(make_noise(name, level))
     return models
 
