@@ -7,7 +7,8 @@ initialisation and sample order where the two settings allow it), whose interval
 verdict: a difference is only called when its interval excludes zero. A probe's comparison has
 more sources of chance than its classifier seeds -- the trained DAE (its seed, and the CPU's
 arithmetic, which changes the codes) and the test images -- so :func:`hierarchical_bootstrap`
-takes all three into the interval from per-image correctness, says in its result what it is over, and
+takes all three into the interval from per-image correctness (:func:`hierarchical_interval` from real
+values, such as a denoiser's per-image PSNR over several DAEs), says in its result what it is over, and
 :func:`bootstrap_verdict` words the verdict from that scope ("for this one trained DAE").
 """
 from __future__ import annotations
@@ -171,21 +172,69 @@ def hierarchical_bootstrap(correct_a, correct_b, level: float = 0.95, n_boot: in
     (over classifier seeds and the image population), which a different DAE seed -- or CPU -- may not
     share. ``tests/test_verdicts.py`` measures the coverage on synthetic data (see there).
     """
+    _check_design_arguments(level, n_boot, method)
+    a, b = _correctness(correct_a, "correct_a"), _correctness(correct_b, "correct_b")
+    if a.shape[1:] != b.shape[1:] or (a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0])):
+        raise ValueError(f"correct_a {a.shape} and correct_b {b.shape} do not pair: need (D, S, N) and (D or 1, S, N)")
+    a, b = np.broadcast_arrays(a, b)
+    differences = a.astype(np.int64) - b  # (D, S, N) in {-1, 0, 1}
+    # float32 is exact for these integer differences (see _crossed_replicates)
+    return _crossed_interval(differences, level, n_boot, seed, method, chunk, np.float32)
+
+
+def hierarchical_interval(values, level: float = 0.95, n_boot: int = 2000, seed: int = 0, method: str = "t",
+                          chunk: int = 256) -> dict:
+    """Mean of real-valued per-unit values with :func:`hierarchical_bootstrap`'s interval over the crossed levels.
+
+    The same estimate, variance components, degrees of freedom and crossed bootstrap as
+    :func:`hierarchical_bootstrap`, for numbers that are not 0/1: a denoiser's per-image PSNR for
+    each of D trained DAEs (``(D, 1, N)``), or its paired per-image gain over another method on the
+    same images. Pass differences to get a paired interval: the pairing is in the values.
+
+    Parameters
+    ----------
+    values : array_like of float
+        (D, S, N) finite values: DAE seed d, classifier seed s (1 where there is none), test image i;
+        image i is the same image for every d and s (the levels are crossed).
+    level, n_boot, seed, method, chunk
+        As for :func:`hierarchical_bootstrap`.
+
+    Returns
+    -------
+    dict
+        The keys of :func:`hierarchical_bootstrap` (``mean`` is the mean of ``values``).
+
+    Notes
+    -----
+    With few DAE seeds the ``"t"`` interval has few degrees of freedom (about D - 1 when the DAE
+    seeds' spread dominates) and is wide, as it should be; ``tests/test_evaluate_seeds.py``
+    measures its coverage on synthetic data with a DAE-level random effect (D = 3).
+    """
+    _check_design_arguments(level, n_boot, method)
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 3 or 0 in array.shape:
+        raise ValueError(f"values must be (D, S, N) per-unit values, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("values must be finite")
+    return _crossed_interval(array, level, n_boot, seed, method, chunk, np.float64)
+
+
+def _check_design_arguments(level: float, n_boot: int, method: str) -> None:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if n_boot < 2:
         raise ValueError(f"n_boot must be >= 2, got {n_boot}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    a, b = _correctness(correct_a, "correct_a"), _correctness(correct_b, "correct_b")
-    if a.shape[1:] != b.shape[1:] or (a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0])):
-        raise ValueError(f"correct_a {a.shape} and correct_b {b.shape} do not pair: need (D, S, N) and (D or 1, S, N)")
-    a, b = np.broadcast_arrays(a, b)
-    differences = a.astype(np.int64) - b  # (D, S, N) in {-1, 0, 1}
+
+
+def _crossed_interval(differences: np.ndarray, level: float, n_boot: int, seed: int, method: str, chunk: int,
+                      dtype) -> dict:
+    """The estimate and interval of (D, S, N) ``differences``; ``dtype``: the bootstrap's matrix products."""
     sizes = dict(zip(LEVELS, differences.shape))
     mean = float(differences.sum() / differences.size)
     components = _components(differences)
-    replicates = _crossed_replicates(differences, bootstrap_rng(seed), n_boot, chunk)
+    replicates = _crossed_replicates(differences, bootstrap_rng(seed), n_boot, chunk, dtype)
     percentile = [float(x) for x in np.quantile(replicates, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])]
     variance = sum(components.values())
     # Welch-Satterthwaite: each component has (its units - 1) degrees of freedom
@@ -213,11 +262,13 @@ def _components(differences: np.ndarray) -> dict[str, float]:
     return components
 
 
-def _crossed_replicates(differences: np.ndarray, rng: np.random.Generator, n_boot: int, chunk: int) -> np.ndarray:
+def _crossed_replicates(differences: np.ndarray, rng: np.random.Generator, n_boot: int, chunk: int,
+                        dtype=np.float32) -> np.ndarray:
     """(n_boot,) bootstrap means: DAE seeds, classifier seeds and images each drawn once per replicate."""
     dae_seeds, classifier_seeds, images = differences.shape
-    # float32 is exact here: a replicate's per-run sum is an integer of magnitude <= N (weights sum to N)
-    per_run = differences.reshape(dae_seeds * classifier_seeds, images).astype(np.float32)
+    # float32 is exact for 0/1 differences: a replicate's per-run sum is an integer of magnitude <= N (weights
+    # sum to N); real values (hierarchical_interval) take float64
+    per_run = differences.reshape(dae_seeds * classifier_seeds, images).astype(dtype)
     replicates = np.empty(n_boot, dtype=np.float64)
     # one BLAS thread: these products are small, and spare threads spinning on busy cores made them 3x slower
     with threadpool_limits(limits=1, user_api="blas"):
