@@ -17,6 +17,8 @@ changes the numbers a run produces.
 | ``CLASSIFIER_INIT`` | ``SeedSequence([seed, 0])`` | a probe classifier's initial weights |
 | ``CLASSIFIER_DATA`` | ``SeedSequence([seed, 1])`` | a probe classifier's batch order and dropout |
 | ``BOOTSTRAP`` | ``SeedSequence([seed, 2])`` | the resamples of the probe's intervals |
+| ``PATCHES`` | ``SeedSequence([seed, 3, epoch])`` | an epoch's random patches of an image folder |
+| ``IMAGE_NOISE`` | ``SeedSequence([seed, 4, crc32(spec), crc32(name)])`` | the image evaluation's noise, per image and spec |
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ STREAMS = (MODEL_INIT, TRAIN_NOISE, VALIDATION_NOISE, CODES_NOISY)
 CLASSIFIER_INIT, CLASSIFIER_DATA = 0, 1
 # SeedSequence stream number of the probe's bootstrap (daelab.stats.hierarchical_bootstrap), beside the classifier's.
 BOOTSTRAP = 2
+# SeedSequence stream numbers of the natural-image protocol (daelab.folders, daelab.evaluate._images).
+PATCHES, IMAGE_NOISE = 3, 4
 
 
 def epoch_order_seed(seed: int, epoch: int) -> int:
@@ -83,3 +87,19 @@ def classifier_generator(seed: int, stream: int) -> torch.Generator:
 def bootstrap_rng(seed: int) -> np.random.Generator:
     """The NumPy generator of the :data:`BOOTSTRAP` stream of ``seed`` (the resamples of a probe's intervals)."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), BOOTSTRAP]))
+
+
+def patch_rng(seed: int, epoch: int = 0) -> np.random.Generator:
+    """The NumPy generator of the :data:`PATCHES` stream: which patches (image, position, flip) epoch ``epoch`` draws."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), PATCHES, int(epoch)]))
+
+
+def image_noise_generator(seed: int, spec: str, name: str) -> torch.Generator:
+    """A CPU generator for the :data:`IMAGE_NOISE` of image ``name`` at noise ``spec``.
+
+    Keyed by the image's name, not its position, so an image's noisy copy stays the same when the
+    folder gains or loses other images; every method is scored on this one draw.
+    """
+    words = [int(seed), IMAGE_NOISE, zlib.crc32(spec.encode()), zlib.crc32(name.encode())]
+    state = np.random.SeedSequence(words).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
