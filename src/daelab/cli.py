@@ -216,19 +216,36 @@ def _run_evaluate(args) -> int:
 def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", formatter_class=_Formatter, help=SUMMARIES["reproduce"],
                        description="Run the study end to end into RUN_DIR: train the DAE with the study's settings "
-                                   "(100 epochs), evaluate it at the study's uniform noise levels against classical "
-                                   "baselines, probe its codes against raw pixels over 5 seeds, and write "
-                                   "report.html and report.md. Stage state is kept in RUN_DIR/reproduce.json: "
-                                   "running the same command again skips finished stages and resumes an "
-                                   "interrupted training from its last checkpoint.",
-                       epilog="examples:\n  daelab reproduce                      # the full study into runs/study\n"
+                                   "(100 epochs), by default 3 times with seeds 0, 1, 2 so that the verdicts cover the "
+                                   "DAE's own training seed (3 times the training time of one DAE); evaluate the DAEs "
+                                   "at the study's uniform noise levels against classical baselines; probe their "
+                                   "codes against raw pixels over 5 classifier seeds; write report.html and "
+                                   "report.md. The verdicts' intervals "
+                                   "are over DAE seeds x classifier seeds x test images. RUN_DIR is the first DAE's "
+                                   "run directory; the others are run directories in RUN_DIR/daes/seed-<s>/. Stage "
+                                   "state is kept in RUN_DIR/reproduce.json: running the same command again skips "
+                                   "finished stages and DAEs and resumes an interrupted training from its last "
+                                   "checkpoint.",
+                       epilog="examples:\n  daelab reproduce                      # the full study into runs/study "
+                              "(trains 3 DAEs)\n"
                               "  daelab reproduce --quick --run-dir runs/quick   # a few minutes, says so on "
-                              "the report\n  daelab reproduce --data-dir ~/fashion-mnist")
+                              "the report\n  daelab reproduce --dae-seeds 1          # one DAE: a third of the "
+                              "training, verdicts 'for this one trained DAE'\n"
+                              "  daelab reproduce --dae-seeds 5          # grow runs/study to 5 DAEs: trains only "
+                              "seeds 3 and 4\n  daelab reproduce --data-dir ~/fashion-mnist")
     p.add_argument("--run-dir", type=Path, default=Path("runs/study"), metavar="DIR",
                    help="where to write everything (default: runs/study)")
     p.add_argument("--quick", action="store_true",
-                   help="a few-minute version: 3 epochs on 10,000 training images, baselines on 200 images, "
-                        "probe with 2 seeds and 5 classifier epochs on 9,000 images; the report says it is quick")
+                   help="a few-minute version: 3 epochs on 10,000 training images, one DAE, baselines on 200 "
+                        "images, probe with 2 seeds and 5 classifier epochs on 9,000 images; the report says it is "
+                        "quick")
+    p.add_argument("--dae-seeds", type=int, metavar="N",
+                   help="how many DAEs to train, with seeds S, S+1, ..., S+N-1: training runs N times (the full "
+                        "study's 100 epochs each), and the verdicts cover DAE seeds. Default: 3 (--quick: 1), or "
+                        "as many as RUN_DIR already holds if more; a larger N than RUN_DIR holds trains only the "
+                        "missing DAEs and redoes evaluate, probe and report")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="the first DAE's training seed (default: 0, the study's run bit for bit)")
     p.add_argument("--data-dir", metavar="PATH", help="Fashion-MNIST directory (the four IDX files) or .npz "
                                                       "(default: $DAELAB_DATA, the user cache, "
                                                       "/usr/share/datasets/fashion-mnist)")
@@ -238,10 +255,15 @@ def _add_reproduce(sub) -> None:
 
 def _run_reproduce(args) -> int:
     from daelab.reproduce import reproduce
-    state = reproduce(args.run_dir, quick=args.quick, data_dir=args.data_dir, progress=not args.no_progress)
+    state = reproduce(args.run_dir, quick=args.quick, data_dir=args.data_dir, progress=not args.no_progress,
+                      dae_seeds=args.dae_seeds, seed=args.seed)
     for name, stage in state["stages"].items():
         extra = f" ({stage['reason']})" if stage.get("reason") else ""
         print(f"{name:<9} {stage['status']:<8} {stage.get('seconds', 0.0):9.1f} s{extra}")
+        for dae in stage.get("daes", []) if name == "train" else []:
+            loss = "" if dae.get("best_val_loss") is None else f", best val_loss {dae['best_val_loss']:.5f}"
+            print(f"  DAE seed {dae['seed']:<4} {dae.get('seconds', 0.0):9.1f} s  {dae['run_dir']}{loss}")
+    print(f"total     {state.get('total_seconds', 0.0):18.1f} s over {len(state['dae_seeds'])} DAE seed(s)")
     print(f"report: {Path(args.run_dir) / 'report.html'}")
     return 0
 
@@ -313,14 +335,19 @@ def _add_probe(sub) -> None:
     p = sub.add_parser("probe", formatter_class=_Formatter, help=SUMMARIES["probe"],
                        description="Train probes (the study's classifier over several seeds, logistic regression, "
                                    "k nearest neighbours) on the encoder's codes, the raw pixels and a PCA of the "
-                                   "same width, and compare them with paired differences and t-intervals. Writes "
-                                   "probe.json, probe.md and figures/ into RUN_DIR.\n\nfeatures: "
+                                   "same width, and compare them with paired differences whose intervals are over "
+                                   "DAE seeds x classifier seeds x test images. Give one RUN_DIR, and the verdicts "
+                                   "hold 'for this one trained DAE'; give several (DAEs of one config trained with "
+                                   "different --seed, e.g. a reproduction's RUN_DIR and RUN_DIR/daes/seed-*), and "
+                                   "they hold 'over N trained DAEs'. Writes probe.json, probe.md, probe_correct.npz "
+                                   "and figures/ into the first RUN_DIR.\n\nfeatures: "
                                    + "; ".join(f"{k} = {v}" for k, v in FEATURES.items())
                                    + "\nprobes: " + "; ".join(f"{k} = {v}" for k, v in PROBES.items()),
                        epilog="examples:\n  daelab probe runs/exp1\n"
                               "  daelab probe runs/exp1 --seeds 10 --features codes,raw,pca,codes_noisy\n"
                               "  daelab probe runs/exp1 --probes mlp --epochs 20 --early-stopping 20\n"
-                              "  daelab probe runs/seed0 runs/seed1 runs/seed2   # verdicts over 3 trained DAEs")
+                              "  daelab probe runs/seed0 runs/seed1 runs/seed2   # verdicts over 3 trained DAEs\n"
+                              "  daelab probe runs/study runs/study/daes/seed-*   # a reproduction's DAEs")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by 'daelab train'")
     p.add_argument("more_runs", type=Path, nargs="*", metavar="RUN_DIR",
                    help="more runs of the same config with other --seed values: the comparisons' intervals are then "
