@@ -9,7 +9,7 @@ DAELAB := $(VENV)/bin/daelab
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 TORCH ?= torch==2.13.0
 
-.PHONY: setup data browser test reproduce quick train benchmark benchmark-study lint docs clean
+.PHONY: setup data browser postgres test reproduce quick train benchmark benchmark-study lint docs clean
 
 setup: $(VENV)/.installed data
 
@@ -27,7 +27,11 @@ data:
 browser:
 	@bash scripts/ensure-system-packages.sh browser
 
-test: setup browser
+# the PostgreSQL server the sweep's many-workers test starts in a temporary directory
+postgres:
+	@bash scripts/ensure-system-packages.sh postgres
+
+test: setup browser postgres
 	$(PY) -m pytest -q
 
 reproduce: setup

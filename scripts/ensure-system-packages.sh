@@ -2,9 +2,10 @@
 # Install the Debian packages daelab needs, only when missing:
 #   data     dataset-fashion-mnist (the four IDX files in /usr/share/datasets/fashion-mnist)
 #   browser  chromium (the report's browser test)
+#   postgres postgresql (the server the sweep's PostgreSQL test starts in a temporary directory)
 # As root it installs them; otherwise it prints the exact command to run and carries on.
 set -u
-what=${1:?usage: ensure-system-packages.sh data|browser}
+what=${1:?usage: ensure-system-packages.sh data|browser|postgres}
 case "$what" in
   data)
     [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && exit 0
@@ -13,6 +14,10 @@ case "$what" in
   browser)
     command -v chromium >/dev/null 2>&1 && exit 0
     pkg=chromium ;;
+  postgres)
+    command -v initdb >/dev/null 2>&1 && exit 0
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && exit 0
+    pkg=postgresql ;;
   *) echo "unknown: $what" >&2; exit 2 ;;
 esac
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
