@@ -5,12 +5,15 @@ with their design interval, evaluation.json's levels, metrics.jsonl), so these t
 """
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from daelab.errors import UsageError
+from daelab.sweep._render import write_sweep_report
 from daelab.sweep._results import trial_metrics
 
 NOISES = ("uniform:0.05", "uniform:0.1", "uniform:0.2", "uniform:0.3", "uniform:0.4")
@@ -100,3 +103,142 @@ def test_trial_metrics_names_a_corrupt_file(tmp_path):
     (run_dir / "metrics.jsonl").write_text('{"epoch": 1, "val_loss": "low"}\n')
     with pytest.raises(UsageError, match="metrics.jsonl"):
         trial_metrics(run_dir)
+
+
+# ------------------------------------------------------------------------ write_sweep_report
+KINDS, LEVELS = ("gaussian", "masking", "salt_pepper"), (0.1, 0.3, 0.5)
+SPEC = {"sweep": {"name": "noise-kind-level", "out": "runs/sweep-noise", "objective": "codes_minus_raw"},
+        "train": {"epochs": 3, "subset": 10000}, "evaluate": {"max_images": 200, "robustness": "none"},
+        "probe": {"seeds": 2}, "grid": {"train.noise.kind": list(KINDS), "train.noise.level": list(LEVELS)},
+        "report": {"x": "train.noise.level", "group": "train.noise.kind",
+                   "heatmap": ["train.noise.kind", "train.noise.level"]}}
+
+
+def _diff(kind: str, level: float) -> float:
+    """A made-up codes - raw difference per grid point, distinct everywhere: masking at 0.3 is the best."""
+    return {"gaussian": 0.002, "masking": 0.010, "salt_pepper": -0.006}[kind] - 0.02 * (level - 0.3) ** 2 + level / 1000
+
+
+def _key(params: dict) -> str:
+    return "_".join(f"{axis.removeprefix('train.')}-{value}" for axis, value in params.items())
+
+
+def make_sweep(out: Path, states: dict | None = None, spec: dict = SPEC) -> list[dict]:
+    """Trial run dirs and the engine's rows for the grid of ``spec``; ``states`` overrides some trials' state."""
+    rows, axes = [], list(spec["grid"])
+    for number, point in enumerate(itertools.product(*spec["grid"].values())):
+        params = dict(zip(axes, point))
+        state = (states or {}).get(point, "COMPLETE")
+        run_dir = out / "trials" / _key(params)
+        kind, level = params.get("train.noise.kind", "gaussian"), params.get("train.noise.level", 0.1)
+        if state == "COMPLETE":
+            make_trial(run_dir, diff=_diff(kind, level), half=0.003, psnr=22.0 - 4 * level + (kind == "masking"),
+                       val_losses=(0.03, 0.01 + level / 100))
+        elif state == "RUNNING":
+            make_trial(run_dir, stages=("train",))
+        rows.append({"number": number, "key": _key(params), "state": state, "params": params,
+                     "run_dir": str(run_dir), "seconds": 61.5 if state == "COMPLETE" else None,
+                     "value": _diff(kind, level) if state == "COMPLETE" else None, "retries": 0})
+    return rows
+
+
+def _report(out: Path, rows: list[dict], spec=SPEC) -> tuple[dict, str, str, dict]:
+    paths = write_sweep_report(out, rows, spec)
+    return paths, paths["html"].read_text(), paths["md"].read_text(), json.loads(paths["json"].read_text())
+
+
+def test_the_sweep_report_is_three_self_contained_files(tmp_path):
+    rows = make_sweep(tmp_path)
+    paths, page, markdown, data = _report(tmp_path, rows)
+    assert set(paths) == {"html", "md", "json"} and all(p.parent == tmp_path for p in paths.values())
+    assert "http://" not in page and "https://" not in page and "file://" not in page
+    images = re.findall(r'<img src="([^"]*)"', page)
+    assert len(images) == 3 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert set(data["figures"]) == {"difference", "psnr", "heatmap"}
+    assert all((tmp_path / rel).is_file() for rel in data["figures"].values())
+    # The run directories are linked relative to the sweep's directory, in both files.
+    assert 'href="trials/noise.kind-masking_noise.level-0.3"' in page
+    assert "(trials/noise.kind-masking_noise.level-0.3)" in markdown
+
+
+def test_the_best_trial_and_the_curve_data_follow_the_trials(tmp_path):
+    rows = make_sweep(tmp_path)
+    _, page, markdown, data = _report(tmp_path, rows)
+    best = data["best"]
+    assert best["codes_minus_raw"]["key"] == "noise.kind-masking_noise.level-0.3"
+    assert best["codes_minus_raw"]["value"] == pytest.approx(_diff("masking", 0.3))
+    assert best["psnr_mean"]["params"] == {"train.noise.kind": "masking", "train.noise.level": 0.1}
+    assert best["val_loss"]["params"]["train.noise.level"] == 0.1 and best["val_loss"]["value"] == pytest.approx(0.011)
+    curves = {c["label"]: c for c in data["curves"]}
+    assert list(curves) == list(KINDS)  # one curve per report.group value, in grid order
+    for kind in KINDS:
+        points = curves[kind]["points"]
+        assert [p["x"] for p in points] == list(LEVELS)
+        for point, level in zip(points, LEVELS):
+            assert point["codes_minus_raw"]["mean"] == pytest.approx(_diff(kind, level))
+            assert point["codes_minus_raw"]["hi"] - point["codes_minus_raw"]["lo"] == pytest.approx(0.006)
+            assert point["study_choice"] == (kind == "gaussian" and level == 0.1)
+    grid = data["heatmap"]
+    assert grid["rows"] == list(KINDS) and grid["cols"] == list(LEVELS)
+    assert grid["codes_minus_raw"][1][1] == pytest.approx(_diff("masking", 0.3))
+    # The verdicts keep the interval's scope; the study's choice is placed among the trials.
+    assert "codes better for this one trained DAE" in page and "codes better for this one trained DAE" in markdown
+    assert any("study's choice" in item and "rank" in item for item in data["headline"])
+
+
+def test_every_trial_is_listed_with_its_state_and_unfinished_ones_do_not_crash(tmp_path):
+    states = {("masking", 0.5): "RUNNING", ("salt_pepper", 0.1): "FAIL", ("salt_pepper", 0.3): "WAITING",
+              ("gaussian", 0.1): "PRUNED"}
+    rows = make_sweep(tmp_path, states)
+    rows = [r for r in rows if r["params"] != {"train.noise.kind": "salt_pepper", "train.noise.level": 0.5}]
+    (tmp_path / "trials" / rows[1]["key"] / "evaluation.json").write_text("{not json")  # damaged, though COMPLETE
+    _, page, markdown, data = _report(tmp_path, rows)
+    by_point = {(t["params"]["train.noise.kind"], t["params"]["train.noise.level"]): t for t in data["trials"]}
+    assert len(by_point) == 9  # every grid point, the one without a row too
+    assert by_point["salt_pepper", 0.5]["state"] == "NOT STARTED"
+    for point, state in states.items():
+        assert by_point[point]["state"] == state
+        assert by_point[point]["metrics"]["codes_minus_raw"] is None
+    assert by_point["masking", 0.5]["metrics"]["val_loss"] == pytest.approx(0.02)  # training, not yet probed
+    damaged = by_point["gaussian", 0.3]
+    assert damaged["state"] == "COMPLETE" and "evaluation.json" in damaged["error"]
+    table = markdown.split("## Every trial")[1]
+    trial_lines = [line for line in table.splitlines() if line.startswith("| ") and "state" not in line]
+    assert len(trial_lines) == 9
+    for state in ("running", "fail", "waiting", "pruned", "not started", "complete (damaged"):
+        assert f"| {state}" in table
+        assert f"<td>{state}" in page
+    # The damaged and unfinished trials are in no summary: the best is still masking 0.3.
+    assert data["best"]["codes_minus_raw"]["key"] == "noise.kind-masking_noise.level-0.3"
+    assert "pruned" in data["heatmap"]["states"][0][0][0].lower()
+
+
+def test_nothing_finished_yet_still_gives_a_report(tmp_path):
+    rows = make_sweep(tmp_path, {point: "WAITING" for point in itertools.product(KINDS, LEVELS)})
+    _, page, markdown, data = _report(tmp_path, rows)
+    assert data["figures"] == {} and "<img" not in page
+    assert data["best"] == {"codes_minus_raw": None, "psnr_mean": None, "val_loss": None}
+    assert "No trial has a probe result yet" in markdown
+
+
+def test_a_one_axis_grid_over_the_code_width_has_no_heatmap(tmp_path):
+    spec = {"sweep": {"name": "width", "objective": "psnr"}, "grid": {"model.code_dim": [32, 64, 196]},
+            "report": {"x": "model.code_dim"}}
+
+    class Spec:  # the engine's SweepSpec: the report reads its raw TOML dict
+        raw = spec
+
+    rows = make_sweep(tmp_path, spec=spec)
+    _, page, markdown, data = _report(tmp_path, rows, Spec())
+    assert data["heatmap"] is None and "heatmap" not in data["figures"] and "difference" in data["figures"]
+    assert "No heatmap: the grid has one axis" in markdown
+    assert [p["x"] for p in data["curves"][0]["points"]] == [32, 64, 196]
+    # Without noise axes the study's choice is the trial with its code width (the noise is the default's).
+    assert [t["study_choice"] for t in data["trials"]] == [False, False, True]
+
+
+def test_a_report_axis_not_in_the_grid_is_said_not_fatal(tmp_path):
+    spec = {**SPEC, "report": {"x": "train.noise.sigma", "heatmap": ["train.noise.kind", "nope"]}}
+    _, page, markdown, data = _report(tmp_path, make_sweep(tmp_path), spec)
+    assert data["x"] == "train.noise.kind" and len(data["notes"]) == 2
+    assert "is not an axis of the grid" in page

@@ -22,8 +22,10 @@ from daelab.runs import METRICS_FILE, read_json, read_metrics
 PROBE_FILE, EVALUATION_FILE = "probe.json", "evaluation.json"
 # The sweep's names for the probe comparisons it reads: (name, probe); each is codes - raw.
 DIFFERENCES = (("codes_minus_raw", "mlp"), ("linear_codes_minus_raw", "linear"), ("knn_codes_minus_raw", "knn"))
-# What a trial's numbers are, and which way is better (the objectives a sweep may optimise).
-OBJECTIVES = {"codes_minus_raw": "maximize", "psnr_mean": "maximize", "val_loss": "minimize"}
+# The numbers a sweep ranks its trials by, and which way is better; OBJECTIVE_METRIC: the metric
+# behind each objective a spec may name (``[sweep] objective``, the value Optuna records).
+RANKED = {"codes_minus_raw": "maximize", "psnr_mean": "maximize", "val_loss": "minimize"}
+OBJECTIVE_METRIC = {"codes_minus_raw": "codes_minus_raw", "psnr": "psnr_mean", "val_loss": "val_loss"}
 
 
 def trial_metrics(run_dir: str | os.PathLike) -> dict:
@@ -56,9 +58,8 @@ def trial_metrics(run_dir: str | os.PathLike) -> dict:
     run_dir = Path(run_dir)
     probe = _read(run_dir / PROBE_FILE)
     evaluation = _read(run_dir / EVALUATION_FILE)
-    metrics = {name: None for name, _ in DIFFERENCES}
-    metrics["accuracy"] = {"codes": None, "raw": None}
-    metrics.update(psnr=None, psnr_mean=None, val_loss=_best_val_loss(run_dir))
+    metrics = missing_metrics()
+    metrics["val_loss"] = _best_val_loss(run_dir)
     if probe is not None:
         with _naming(run_dir / PROBE_FILE):
             metrics.update(_probe_numbers(probe))
@@ -70,6 +71,12 @@ def trial_metrics(run_dir: str | os.PathLike) -> dict:
         metrics["psnr"] = psnr
         metrics["psnr_mean"] = sum(finite) / len(finite) if finite and len(finite) == len(psnr) else None
     return metrics
+
+
+def missing_metrics() -> dict:
+    """:func:`trial_metrics`'s keys with nothing measured: a trial no stage of which has run."""
+    return {**{name: None for name, _ in DIFFERENCES}, "accuracy": {"codes": None, "raw": None}, "psnr": None,
+            "psnr_mean": None, "val_loss": None}
 
 
 def _read(path: Path) -> dict | None:

@@ -1,0 +1,671 @@
+"""The sweep's report: ``sweep.html`` (self-contained), ``sweep.md`` and ``sweep.json`` from the trials' rows.
+
+:func:`write_sweep_report` reads each trial's run directory (:func:`~daelab.sweep._results.trial_metrics`)
+and lays the grid out for a person: the codes - raw accuracy difference with its interval against
+``report.x``, one curve per ``report.group`` value (the study's choice, ``gaussian:0.1`` with a
+196-wide code, marked where the grid holds it), the DAE's PSNR on every evaluated noise level per
+trial, a heatmap over ``report.heatmap``, the best trial per objective and a table of every trial.
+It computes no statistics of its own: every interval is the probe's, over classifier seeds x test
+images for the one trained DAE a trial is, so the report says "for this one trained DAE" and
+does not test trials against each other. A trial that failed, is running, has not started, or
+whose files are damaged shows as such; it never stops the report. The page and the Markdown are
+drawn by :mod:`daelab.report._render`, the run report's renderer.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import itertools
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from daelab import study
+from daelab.checkpoint import atomic_write, output_error
+from daelab.errors import ConfigError, UsageError
+from daelab.report._content import _seconds
+from daelab.report._render import Block, _cell, _inline, to_html, to_markdown
+from daelab.runs import write_json
+from daelab.sweep._results import DIFFERENCES, OBJECTIVE_METRIC, RANKED, missing_metrics, trial_metrics
+
+HTML_FILE, MARKDOWN_FILE, JSON_FILE = "sweep.html", "sweep.md", "sweep.json"
+FIGURES = {"difference": "figures/sweep_codes_minus_raw.png", "psnr": "figures/sweep_psnr.png",
+           "heatmap": "figures/sweep_heatmap.png"}
+NOT_STARTED = "NOT STARTED"  # a grid point the engine has no trial for yet
+STUDY_CHOICE = f"{study.TRAIN_NOISE}, code {study.CODE_DIM}"
+_TABLE_TOKEN = "@@sweep-trials-table@@"  # where the HTML page gets the trials table with its links
+
+
+# ------------------------------------------------------------------------------ the layout
+@dataclass
+class Layout:
+    """What the spec says the report shows: the grid's axes and values, the curve's x and group, the heatmap."""
+
+    name: str
+    objective: str
+    axes: list[str]
+    values: dict[str, list]
+    x: str | None
+    group: str | None
+    heatmap: tuple[str, str] | None
+    spec: dict
+    notes: list[str] = field(default_factory=list)  # where the spec's [report] could not be followed
+
+
+def spec_dict(spec) -> dict:
+    """The spec as the TOML's plain dict: the engine's SweepSpec (its ``raw``) or that dict itself."""
+    raw = getattr(spec, "raw", spec)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"a sweep spec is the TOML's tables, not a {type(raw).__name__}",
+                          "pass the SweepSpec or the dict of [sweep], [grid], [report]")
+    return dict(raw)
+
+
+def layout_of(spec) -> Layout:
+    """The report's :class:`Layout` from a spec; an axis ``[report]`` names that the grid lacks is noted, not fatal."""
+    raw = spec_dict(spec)
+    sweep, grid, report = (dict(raw.get(k) or {}) for k in ("sweep", "grid", "report"))
+    axes = list(grid)
+    values = {axis: list(v) if isinstance(v, (list, tuple)) else [v] for axis, v in grid.items()}
+    notes = []
+
+    def axis(name, role: str, default):
+        if name is None:
+            return default
+        if name in axes:
+            return name
+        notes.append(f"report.{role} = {name!r} is not an axis of the grid ({', '.join(axes) or 'none'}): "
+                     f"{'using ' + repr(default) if default else 'left out'}")
+        return default
+
+    x = axis(report.get("x"), "x", axes[0] if axes else None)
+    group = axis(report.get("group"), "group", next((a for a in axes if a != x), None))
+    group = None if group == x else group
+    heatmap = None
+    if len(axes) < 2:
+        notes.append("the grid has one axis: no heatmap (it needs two)")
+    else:
+        default = (group, x) if group else tuple(axes[:2])
+        chosen = report.get("heatmap")
+        if chosen is None:
+            heatmap = default
+        elif (isinstance(chosen, (list, tuple)) and len(chosen) == 2 and all(a in axes for a in chosen)
+              and chosen[0] != chosen[1]):
+            heatmap = tuple(chosen)
+        else:
+            notes.append(f"report.heatmap = {chosen!r} is not two different axes of the grid: using {list(default)}")
+            heatmap = default
+    return Layout(str(sweep.get("name", "sweep")), str(sweep.get("objective", "codes_minus_raw")), axes, values,
+                  x, group, heatmap, raw, notes)
+
+
+# ------------------------------------------------------------------------------ the trials
+def _same(a, b) -> bool:
+    if _is_number(a) and _is_number(b):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return str(a) == str(b)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _show(value) -> str:
+    return f"{value:g}" if _is_number(value) else str(value)
+
+
+def _noise_of(params: dict, spec: dict) -> str:
+    """The noise a trial trained with: its grid params over the spec's [train] over the study's default."""
+    base = str((spec.get("train") or {}).get("noise", study.TRAIN_NOISE))
+    if "train.noise" in params:
+        return str(params["train.noise"])
+    kind, _, level = base.partition(":")
+    return f"{_show(params.get('train.noise.kind', kind))}:{_show(params.get('train.noise.level', level))}"
+
+
+def _is_study_choice(params: dict, spec: dict) -> bool:
+    """Whether a trial trains the study's DAE design (its noise and code width; the budget is the sweep's)."""
+    kind, _, level = _noise_of(params, spec).partition(":")
+    want_kind, _, want_level = study.TRAIN_NOISE.partition(":")
+    try:
+        noise = kind == want_kind and math.isclose(float(level), float(want_level))
+    except ValueError:
+        noise = False
+    code_dim = params.get("model.code_dim", (spec.get("model") or {}).get("code_dim", study.CODE_DIM))
+    return noise and _same(code_dim, study.CODE_DIM)
+
+
+def _link(out_dir: Path, run_dir: str | None, suffix: str) -> str | None:
+    """The trial's report (``report.<suffix>`` where written, else its directory), relative to ``out_dir``."""
+    if not run_dir:
+        return None
+    path = Path(run_dir)
+    target = path / f"report.{suffix}" if (path / f"report.{suffix}").is_file() else path
+    try:
+        return quote(Path(os.path.relpath(target.resolve(), out_dir.resolve())).as_posix())
+    except ValueError:  # another drive (Windows): no relative path
+        return None
+
+
+def collect_trials(rows: list[dict], layout: Layout, out_dir: Path) -> list[dict]:
+    """Every grid point in grid order: its row (or a ``NOT STARTED`` one), its metrics, and whether it is the study's.
+
+    A trial whose files are damaged keeps its state and gets ``error`` (the one-line message).
+    """
+    points = list(itertools.product(*(layout.values[a] for a in layout.axes)))
+    rows = [row for row in rows if isinstance(row, Mapping)]
+
+    def position(row) -> int:
+        params = row.get("params") or {}
+        return next((i for i, point in enumerate(points)
+                     if all(a in params and _same(params[a], v) for a, v in zip(layout.axes, point))), len(points))
+
+    placed = {}
+    for row in rows:
+        placed.setdefault(position(row), []).append(row)
+    trials = []
+    for index in sorted(set(range(len(points))) | set(placed)):
+        for row in placed.get(index, [{"number": None, "state": NOT_STARTED, "key": None, "run_dir": None,
+                                       "params": dict(zip(layout.axes, points[index])), "seconds": None,
+                                       "value": None, "retries": 0}]):
+            trials.append(_trial(dict(row), layout, out_dir))
+    return trials
+
+
+def _trial(row: dict, layout: Layout, out_dir: Path) -> dict:
+    params = dict(row.get("params") or {})
+    metrics, error = missing_metrics(), None
+    run_dir = row.get("run_dir")
+    if run_dir and Path(run_dir).is_dir():
+        try:
+            metrics = trial_metrics(run_dir)
+        except UsageError as exc:
+            error = str(exc)
+    label = ", ".join(_show(params.get(a, "?")) for a in layout.axes if a != layout.x) or "all trials"
+    return {"number": row.get("number"), "key": row.get("key"), "state": str(row.get("state") or "UNKNOWN"),
+            "params": params, "run_dir": run_dir, "seconds": row.get("seconds"), "value": row.get("value"),
+            "retries": row.get("retries", 0), "metrics": metrics, "error": error, "curve": label,
+            "study_choice": _is_study_choice(params, layout.spec),
+            "link_html": _link(out_dir, run_dir, "html"), "link_md": _link(out_dir, run_dir, "md")}
+
+
+def _complete(trials: list[dict]) -> list[dict]:
+    return [t for t in trials if t["state"] == "COMPLETE" and not t["error"]]
+
+
+def _value(trial: dict, objective: str) -> float | None:
+    value = trial["metrics"].get(objective)
+    return value.get("mean") if isinstance(value, dict) else value
+
+
+# ----------------------------------------------------------------------------- what it says
+def curves(trials: list[dict], layout: Layout) -> list[dict]:
+    """The difference curve's data: one curve per value of the non-x axes (group first), its points in grid order."""
+    by_label: dict[str, dict] = {}
+    for trial in trials:
+        curve = by_label.setdefault(trial["curve"], {
+            "label": trial["curve"], "params": {a: trial["params"].get(a) for a in layout.axes if a != layout.x},
+            "group": trial["params"].get(layout.group) if layout.group else None, "points": []})
+        point = {"x": trial["params"].get(layout.x) if layout.x else None, "key": trial["key"],
+                 "number": trial["number"], "state": trial["state"], "study_choice": trial["study_choice"]}
+        for name, _ in DIFFERENCES:
+            value = trial["metrics"][name] if not trial["error"] else None
+            point[name] = {k: value[k] for k in ("mean", "lo", "hi", "verdict")} if value else None
+        curve["points"].append(point)
+    return list(by_label.values())
+
+
+def heatmap(trials: list[dict], layout: Layout) -> dict | None:
+    """Codes - raw and PSNR mean over ``layout.heatmap``'s two axes (cells average the other axes' trials)."""
+    if layout.heatmap is None:
+        return None
+    rows_axis, cols_axis = layout.heatmap
+    grid = {"rows_axis": rows_axis, "cols_axis": cols_axis, "rows": layout.values[rows_axis],
+            "cols": layout.values[cols_axis], "averaged_over": [a for a in layout.axes if a not in layout.heatmap]}
+    for name in ("codes_minus_raw", "psnr_mean", "n", "states", "study_choice", "lo", "hi"):
+        grid[name] = [[None] * len(grid["cols"]) for _ in grid["rows"]]
+    for i, r in enumerate(grid["rows"]):
+        for j, c in enumerate(grid["cols"]):
+            cell = [t for t in trials if _same(t["params"].get(rows_axis), r) and _same(t["params"].get(cols_axis), c)]
+            done = _complete(cell)
+            for name in ("codes_minus_raw", "psnr_mean"):
+                found = [v for v in (_value(t, name) for t in done) if v is not None]
+                grid[name][i][j] = sum(found) / len(found) if found else None
+            grid["n"][i][j] = len(done)
+            grid["states"][i][j] = sorted({t["state"] for t in cell})
+            grid["study_choice"][i][j] = any(t["study_choice"] for t in cell)
+            if len(done) == 1 and done[0]["metrics"]["codes_minus_raw"]:
+                grid["lo"][i][j] = done[0]["metrics"]["codes_minus_raw"]["lo"]
+                grid["hi"][i][j] = done[0]["metrics"]["codes_minus_raw"]["hi"]
+    return grid
+
+
+def best_trials(trials: list[dict]) -> dict:
+    """Per ranked metric (:data:`~daelab.sweep._results.RANKED`), the complete trial that does best.
+
+    A tie goes to the first in grid order.
+    """
+    best = {}
+    for objective, direction in RANKED.items():
+        scored = [(t, _value(t, objective)) for t in _complete(trials)]
+        scored = [(t, v) for t, v in scored if v is not None]
+        if not scored:
+            best[objective] = None
+            continue
+        sign = 1 if direction == "maximize" else -1
+        trial, value = max(scored, key=lambda pair: sign * pair[1])
+        best[objective] = {"direction": direction, "number": trial["number"], "key": trial["key"],
+                           "params": trial["params"], "value": value, "study_choice": trial["study_choice"],
+                           "codes_minus_raw": trial["metrics"]["codes_minus_raw"]}
+    return best
+
+
+def _ci(value: dict | None) -> str:
+    if not value:
+        return "–"
+    return f"{value['mean']:+.4f} [{value['lo']:+.4f}, {value['hi']:+.4f}]"
+
+
+def _number(value, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict_counts(done: list[dict]) -> dict:
+    counts = {"codes better": 0, "raw better": 0, "no detectable difference": 0, "other": 0}
+    for trial in done:
+        verdict = (trial["metrics"]["codes_minus_raw"] or {}).get("verdict", "")
+        counts[next((k for k in counts if verdict.startswith(k)), "other")] += 1
+    return counts
+
+
+def headline(trials: list[dict], best: dict, layout: Layout) -> list[str]:
+    """The sentences at the top: how far the sweep is, its best trial, where the study's choice stands."""
+    done = [t for t in _complete(trials) if t["metrics"]["codes_minus_raw"]]
+    states = {}
+    for trial in trials:
+        states[trial["state"]] = states.get(trial["state"], 0) + 1
+    items = [f"**{len(_complete(trials))} of {len(trials)} trials complete** ("
+             + ", ".join(f"{n} {state.lower()}" for state, n in states.items()) + ")."]
+    damaged = [t for t in trials if t["error"]]
+    if damaged:
+        items.append(f"{len(damaged)} trial(s) with damaged files, left out of every summary (see the table).")
+    if not done:
+        return items + ["No trial has a probe result yet: nothing to compare."]
+    counts = _verdict_counts(done)
+    items.append(f"Codes vs raw pixels (mlp probe), each trial for its one trained DAE: codes better in "
+                 f"**{counts['codes better']}**, raw better in **{counts['raw better']}**, no detectable "
+                 f"difference in **{counts['no detectable difference']}** of {len(done)} trials.")
+    top = best["codes_minus_raw"]
+    items.append(f"Largest codes - raw difference: trial `{top['key']}` ({_settings(top['params'])}), "
+                 f"{_ci(top['codes_minus_raw'])}: {top['codes_minus_raw']['verdict']}.")
+    mine = next((t for t in done if t["study_choice"]), None)
+    pending = next((t for t in trials if t["study_choice"]), None)
+    if mine is None and pending is None:
+        items.append(f"The study's choice ({STUDY_CHOICE}) is not in this grid.")
+    elif mine is None:
+        items.append(f"The study's choice ({STUDY_CHOICE}) is in the grid; its trial is "
+                     f"{pending['state'].lower()}{' (damaged files)' if pending['error'] else ''}, "
+                     "no probe result yet.")
+    else:
+        ranked = sorted(done, key=lambda t: -_value(t, "codes_minus_raw"))
+        rank = ranked.index(mine) + 1
+        value = mine["metrics"]["codes_minus_raw"]
+        overlap = "overlap" if value["hi"] >= top["codes_minus_raw"]["lo"] else "do not overlap"
+        items.append(f"The study's choice ({STUDY_CHOICE}): {_ci(value)}, {value['verdict']}; rank {rank} of "
+                     f"{len(done)} by codes - raw" + ("" if rank == 1 else
+                                                     f"; its interval and the best trial's {overlap} (the sweep "
+                                                     "does not test trials against each other)") + ".")
+    for objective, words in (("psnr_mean", "Best mean DAE PSNR over the evaluated levels"),
+                             ("val_loss", "Lowest validation loss")):
+        entry = best[objective]
+        if entry:
+            items.append(f"{words}: trial `{entry['key']}` ({_settings(entry['params'])}), "
+                         f"{entry['value']:.{2 if objective == 'psnr_mean' else 5}f}"
+                         f"{' dB' if objective == 'psnr_mean' else ''}.")
+    return items
+
+
+def _settings(params: dict) -> str:
+    return ", ".join(f"{axis} = {_show(value)}" for axis, value in params.items()) or "no axes"
+
+
+# ---------------------------------------------------------------------------------- figures
+def _palette(count: int) -> list:
+    from daelab.plots import plt
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [colors[k % len(colors)] for k in range(count)]
+
+
+def _curve_style(curve_list: list[dict], layout: Layout) -> list[tuple]:
+    """(colour, line style) per curve: colour by the group's value, line style by the other axes' values."""
+    groups = layout.values.get(layout.group, [None]) if layout.group else [None]
+    colors = _palette(len(groups))
+    styles, rest = ["-", "--", ":", "-."], {}
+    out = []
+    for curve in curve_list:
+        g = next((k for k, v in enumerate(groups) if curve["group"] is None or _same(v, curve["group"])), 0)
+        other = tuple(_show(v) for a, v in curve["params"].items() if a != layout.group)
+        rest.setdefault(other, len(rest))
+        out.append((colors[g], styles[rest[other] % len(styles)]))
+    return out
+
+
+def _x_positions(layout: Layout) -> tuple[callable, list | None, list | None]:
+    values = layout.values.get(layout.x, [None]) if layout.x else [None]
+    if all(_is_number(v) for v in values):
+        return (lambda v: float(v)), None, None
+    return (lambda v: float(next((k for k, w in enumerate(values) if _same(w, v)), 0))), list(range(len(values))), \
+        [_show(v) for v in values]
+
+
+def plot_differences(path: Path, curve_list: list[dict], layout: Layout) -> bool:
+    """Codes - raw (mlp, large) and the linear / kNN differences (small) against ``layout.x``.
+
+    Returns False (and draws nothing) when no trial has a probe result.
+    """
+    if not any(p["codes_minus_raw"] or p["linear_codes_minus_raw"] or p["knn_codes_minus_raw"]
+               for c in curve_list for p in c["points"]):
+        return False
+    from daelab.plots import plt
+    where, ticks, tick_labels = _x_positions(layout)
+    xs = sorted({where(p["x"]) for c in curve_list for p in c["points"]})
+    step = min((b - a for a, b in zip(xs, xs[1:])), default=1.0) or 1.0
+    spread = 0.12 * step / max(len(curve_list) - 1, 1)  # side by side, so the error bars do not hide each other
+    fig = plt.figure(figsize=(12.0, 4.4), dpi=120)
+    grid = fig.add_gridspec(1, 3, width_ratios=[2.3, 1, 1], wspace=0.3)
+    titles = {"codes_minus_raw": "mlp probe (the study's classifier)", "linear_codes_minus_raw": "linear probe",
+              "knn_codes_minus_raw": "kNN probe"}
+    for k, (name, _) in enumerate(DIFFERENCES):
+        ax = fig.add_subplot(grid[0, k])
+        ax.axhline(0.0, color="black", lw=0.8)
+        for c, (curve, (color, style)) in enumerate(zip(curve_list, _curve_style(curve_list, layout))):
+            points = [p for p in curve["points"] if p[name]]
+            offset = (c - (len(curve_list) - 1) / 2) * spread
+            px = [where(p["x"]) + offset for p in points]
+            mean = [p[name]["mean"] for p in points]
+            error = [[m - p[name]["lo"] for m, p in zip(mean, points)],
+                     [p[name]["hi"] - m for m, p in zip(mean, points)]]
+            ax.errorbar(px, mean, yerr=error, fmt="o", ls=style, color=color, capsize=3, ms=4 if k else 5, lw=1.2,
+                        label=curve["label"] if k == 0 else None)
+            for x, m, p in zip(px, mean, points):
+                if p["study_choice"]:
+                    ax.plot([x], [m], marker="*", ms=15 if k == 0 else 11, mfc="none", mec="goldenrod", mew=1.6,
+                            ls="none", label=f"study's choice ({STUDY_CHOICE})" if k == 0 else None)
+        if ticks is not None:
+            ax.set_xticks(ticks, tick_labels)
+        ax.set_xlabel(layout.x or "")
+        ax.set_title(titles[name], fontsize=9 if k else 10)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if k == 0:
+            ax.set_ylabel("codes - raw test accuracy")
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(4, len(curve_list) + 1),
+                      title=layout.group, title_fontsize=7, frameon=False)
+    fig.suptitle("codes - raw accuracy difference per trial: mean and 95% interval over classifier seeds x test "
+                 "images, each for its one trained DAE", fontsize=9)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def plot_psnr(path: Path, trials: list[dict], layout: Layout) -> bool:
+    """The DAE's PSNR per evaluated noise level, one line per trial (colour: group; lighter: lower x)."""
+    drawn = [t for t in trials if t["metrics"]["psnr"] and not t["error"]]
+    if not drawn:
+        return False
+    from matplotlib.colors import to_rgb
+
+    from daelab.plots import plt
+    levels = list(dict.fromkeys(level for t in drawn for level in t["metrics"]["psnr"]))
+    groups = layout.values.get(layout.group, [None]) if layout.group else [None]
+    colors = _palette(len(groups))
+    xs = layout.values.get(layout.x, [None]) if layout.x else [None]
+    fig, ax = plt.subplots(figsize=(9.5, 4.4), dpi=120)
+    for trial in drawn:
+        g = next((k for k, v in enumerate(groups) if _same(v, trial["params"].get(layout.group, v))), 0)
+        rank = next((k for k, v in enumerate(xs) if _same(v, trial["params"].get(layout.x, v))), 0)
+        shade = 0.35 + 0.65 * (rank + 1) / len(xs)
+        color = tuple(1 - shade * (1 - channel) for channel in to_rgb(colors[g]))
+        psnr = trial["metrics"]["psnr"]
+        points = [(k, psnr[level]) for k, level in enumerate(levels) if psnr.get(level) is not None]
+        ax.plot([k for k, _ in points], [v for _, v in points], marker="o", ms=3.5, color=color,
+                lw=2.6 if trial["study_choice"] else 1.3, label=", ".join(_show(v) for v in trial["params"].values())
+                + (" (study's choice)" if trial["study_choice"] else ""))
+    ax.set_xticks(range(len(levels)), levels, fontsize=8)
+    ax.set_xlabel("evaluation noise")
+    ax.set_ylabel("DAE PSNR (dB, higher is better)")
+    ax.set_title("denoising per trial: mean PSNR of the DAE's output on each evaluated noise level", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if len(drawn) <= 18 else 2,
+              title=", ".join(layout.axes), title_fontsize=6.5)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def plot_heatmap(path: Path, grid: dict) -> bool:
+    """Two annotated heatmaps over the chosen axes: codes - raw (diverging around 0) and mean DAE PSNR."""
+    import numpy as np
+
+    from daelab.plots import plt
+    if not any(v is not None for row in grid["codes_minus_raw"] + grid["psnr_mean"] for v in row):
+        return False
+    rows, cols = [_show(v) for v in grid["rows"]], [_show(v) for v in grid["cols"]]
+    width = max(4.2, 1.15 * len(cols) + 2.2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width, max(3.2, 0.75 * len(rows) + 1.8)), dpi=120)
+    for ax, name, title in ((axes[0], "codes_minus_raw", "codes - raw test accuracy (mlp)"),
+                            (axes[1], "psnr_mean", "mean DAE PSNR over the evaluated levels (dB)")):
+        values = np.array([[np.nan if v is None else v for v in row] for row in grid[name]], dtype=float)
+        finite = values[np.isfinite(values)]
+        if name == "codes_minus_raw":
+            bound = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 0.01
+            image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+        else:
+            image = ax.imshow(values, cmap="viridis", aspect="auto")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        for i, j in itertools.product(range(len(rows)), range(len(cols))):
+            value = values[i, j]
+            if np.isfinite(value):
+                text = f"{value:+.4f}" if name == "codes_minus_raw" else f"{value:.2f}"
+                lo, hi = grid["lo"][i][j], grid["hi"][i][j]
+                if name == "codes_minus_raw" and lo is not None:
+                    text += f"\n[{lo:+.4f}, {hi:+.4f}]"
+                if grid["n"][i][j] > 1:
+                    text += f"\n(mean of {grid['n'][i][j]})"
+                strong = name == "codes_minus_raw" and lo is not None and (lo > 0 or hi < 0)
+                if name == "psnr_mean":
+                    dark = value < finite.min() + 0.5 * np.ptp(finite)
+                else:  # the diverging map is dark at both ends
+                    dark = abs(value) > 0.6 * bound
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, fontweight="bold" if strong else "normal",
+                        color="white" if dark else "black")
+            else:
+                ax.text(j, i, "/".join(s.lower() for s in grid["states"][i][j]) or "–", ha="center", va="center",
+                        fontsize=7, color="grey")
+            if grid["study_choice"][i][j]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="goldenrod", lw=2.5))
+        ax.set_xticks(range(len(cols)), cols, fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_xlabel(grid["cols_axis"])
+        ax.set_ylabel(grid["rows_axis"])
+        ax.set_title(title, fontsize=9)
+    fig.suptitle("bold: the interval excludes 0 (for that one trained DAE); gold frame: the study's choice",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------------------ the blocks
+TRIAL_HEADER = ["#", "state", "codes - raw (mlp) [95%]", "verdict", "linear", "kNN", "acc codes", "acc raw",
+                "PSNR mean (dB)", "val loss", "time", "retries", "run"]
+
+
+def _trial_cells(trial: dict, layout: Layout) -> list[str]:
+    m = trial["metrics"]
+    state = trial["state"].lower() + (f" (damaged: {trial['error']})" if trial["error"] else "")
+    verdict = (m["codes_minus_raw"] or {}).get("verdict", "–")
+    return [("–" if trial["number"] is None else str(trial["number"])) + (" ★" if trial["study_choice"] else ""),
+            state, *(_show(trial["params"].get(a, "–")) for a in layout.axes), _ci(m["codes_minus_raw"]), verdict,
+            _ci(m["linear_codes_minus_raw"]), _ci(m["knn_codes_minus_raw"]), _number(m["accuracy"]["codes"]),
+            _number(m["accuracy"]["raw"]), _number(m["psnr_mean"], 2), _number(m["val_loss"], 5),
+            _seconds(trial["seconds"]), str(trial["retries"] or 0)]
+
+
+def _trials_markdown(trials: list[dict], layout: Layout) -> Block:
+    header = TRIAL_HEADER[:2] + layout.axes + TRIAL_HEADER[2:]
+    rows = [_trial_cells(t, layout) + [f"[{t['key']}]({t['link_md']})" if t["link_md"] else "–"] for t in trials]
+    return Block("table", header=header, rows=rows, align="ll" + "l" * len(layout.axes) + "rlrrrrrrrrl",
+                 text="★ the study's choice. Intervals: over classifier seeds x test images, for one trained DAE.")
+
+
+def _trials_html(trials: list[dict], layout: Layout) -> str:
+    """The trials table as the run report draws tables, with each trial's run directory linked (relative)."""
+    header = TRIAL_HEADER[:2] + layout.axes + TRIAL_HEADER[2:]
+    align = "ll" + "l" * len(layout.axes) + "rlrrrrrrrrl"
+    head = "".join(f'<th class="{a}">{_inline(h)}</th>' for h, a in zip(header, align))
+    body = []
+    for trial in trials:
+        cells = [_cell(v, a) for v, a in zip(_trial_cells(trial, layout), align)]
+        link = trial["link_html"]
+        cells.append(f'<td><a href="{html.escape(link)}">{html.escape(str(trial["key"]))}</a></td>' if link
+                     else "<td>–</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    caption = "★ the study's choice. Intervals: over classifier seeds x test images, for one trained DAE."
+    return (f'<div class="table-wrap"><table><caption>{_inline(caption)}</caption><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def _best_block(best: dict, objective: str) -> Block:
+    words = {"codes_minus_raw": "codes - raw accuracy (mlp)", "psnr_mean": "mean DAE PSNR (dB)",
+             "val_loss": "validation loss (MSE)"}
+    rows = []
+    for metric, entry in best.items():
+        name = words[metric] + (" (the sweep's objective)" if OBJECTIVE_METRIC.get(objective) == metric else "")
+        if entry is None:
+            rows.append([name, RANKED[metric], "–", "no complete trial has it", "–"])
+            continue
+        value = (_ci(entry["codes_minus_raw"]) + f" ({entry['codes_minus_raw']['verdict']})"
+                 if metric == "codes_minus_raw" else _number(entry["value"], 2 if metric == "psnr_mean" else 5))
+        rows.append([name, RANKED[metric], f"#{entry['number']} `{entry['key']}`"
+                     + (" ★" if entry["study_choice"] else ""), value, _settings(entry["params"])])
+    return Block("table", header=["objective", "better", "best trial", "value", "settings"], rows=rows, align="lllrl")
+
+
+def blocks_for(trials: list[dict], layout: Layout, data: dict, figures: dict, html_page: bool) -> list[Block]:
+    """The report's blocks; ``html_page`` leaves a placeholder where the linked trials table goes."""
+    blocks = [Block("headline", text="What the sweep found", items=data["headline"])]
+    blocks += [Block("banner", text=note) for note in layout.notes]
+    blocks += [Block("section", text="Feature quality: codes - raw against " + (layout.x or "the trials"),
+                     id="curve")]
+    if "difference" in figures:
+        blocks.append(Block("figure", path=figures["difference"], text=(
+            f"One curve per {layout.group or 'combination of the other axes'}; the error bars are the probe's 95% "
+            "interval over classifier seeds x test images for that trial's one trained DAE (its training seed "
+            f"is not resampled). ★: the study's choice ({STUDY_CHOICE}). Left: the study's mlp classifier; right: "
+            "linear and kNN probes.")))
+    else:
+        blocks.append(Block("note", text="No trial has a probe result yet: no curve."))
+    blocks.append(Block("section", text="Denoising: DAE PSNR per evaluated noise level", id="psnr"))
+    blocks.append(Block("figure", path=figures["psnr"], text="Each line one trial (colour: "
+                        f"{layout.group or 'one colour'}; lighter: a lower {layout.x}); thick: the study's choice.")
+                  if "psnr" in figures else Block("note", text="No trial has been evaluated yet: no PSNR."))
+    blocks.append(Block("section", text="Heatmap" + (f": {layout.heatmap[0]} x {layout.heatmap[1]}"
+                                                     if layout.heatmap else ""), id="heatmap"))
+    if layout.heatmap is None:
+        blocks.append(Block("note", text="No heatmap: the grid has one axis (a heatmap needs two)."))
+    elif "heatmap" in figures:
+        over = data["heatmap"]["averaged_over"]
+        blocks.append(Block("figure", path=figures["heatmap"], text="Complete trials only; a cell with several "
+                            f"trials (over {', '.join(over)}) shows their mean." if over else
+                            "Complete trials only; the others show their state."))
+    else:
+        blocks.append(Block("note", text="No complete trial yet: no heatmap."))
+    blocks += [Block("section", text="Best trial per objective", id="best"),
+               _best_block(data["best"], layout.objective),
+               Block("p", text=f"The sweep's objective (what Optuna records): `{layout.objective}`. Complete "
+                     "trials only; a tie goes to the first in grid order.")]
+    blocks.append(Block("section", text="Every trial", id="trials"))
+    blocks.append(Block("p", text=_TABLE_TOKEN) if html_page else _trials_markdown(trials, layout))
+    blocks.append(Block("section", text="How to read this", id="reading"))
+    blocks.append(Block("p", text="Each trial is **one trained DAE** (one training seed) at the sweep's budget, "
+                        "trained, evaluated and probed as `daelab reproduce` does; its verdict is worded "
+                        "\"for this one trained DAE\" because the interval covers the classifier's seeds and the "
+                        "test images, not the DAE's own training. Two trials' intervals are not a test of the "
+                        "difference between them; rerun a pair with several DAE seeds (`daelab probe` on "
+                        "several run directories) to ask that."))
+    spec = layout.spec
+    blocks.append(Block("kv", rows=[(section, json.dumps(spec.get(section), default=str))
+                                    for section in ("sweep", "train", "model", "evaluate", "probe", "grid", "report")
+                                    if spec.get(section) is not None]))
+    return blocks
+
+
+# ------------------------------------------------------------------------------ the files
+def write_sweep_report(out_dir: str | os.PathLike, rows: list[dict], spec) -> dict[str, Path]:
+    """Write ``sweep.html``, ``sweep.md``, ``sweep.json`` (and ``figures/sweep_*.png``) into ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        The sweep's directory (``[sweep] out``); created if missing.
+    rows : list of dict
+        One per grid point (its latest trial): ``number``, ``key``, ``state`` (``COMPLETE``,
+        ``RUNNING``, ``FAIL``, ``WAITING``, ``PRUNED``), ``params`` (``{"train.noise.kind": ...}``),
+        ``run_dir``, ``seconds``, ``value``, ``retries``. Grid points without a row show as
+        ``NOT STARTED``.
+    spec : SweepSpec or dict
+        The sweep's spec: an object with ``raw`` (the TOML's dict) or that dict
+        (``{"sweep": {...}, "grid": {...}, "report": {...}, ...}``).
+
+    Returns
+    -------
+    dict
+        ``{"html": Path, "md": Path, "json": Path}``.
+    """
+    out_dir = Path(out_dir)
+    layout = layout_of(spec)
+    try:
+        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out_dir / "figures", exc) from None
+    trials = collect_trials(list(rows), layout, out_dir)
+    data = {"curves": curves(trials, layout), "heatmap": heatmap(trials, layout), "best": best_trials(trials)}
+    data["headline"] = headline(trials, data["best"], layout)
+    figures = {}
+    for name, draw in (("difference", lambda p: plot_differences(p, data["curves"], layout)),
+                       ("psnr", lambda p: plot_psnr(p, trials, layout)),
+                       ("heatmap", lambda p: data["heatmap"] is not None and plot_heatmap(p, data["heatmap"]))):
+        path = out_dir / FIGURES[name]
+        if draw(path):
+            figures[name] = FIGURES[name]
+        else:
+            path.unlink(missing_ok=True)  # an old figure would show trials that are no longer what it drew
+    title = f"Sweep {layout.name}"
+    subtitle = (f"{len(trials)} grid points over {', '.join(layout.axes) or 'no axes'} · objective "
+                f"`{layout.objective}` · written {_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')} "
+                "by daelab")
+    page = to_html(title, subtitle, blocks_for(trials, layout, data, figures, True), out_dir)
+    page = page.replace(f"<p>{_TABLE_TOKEN}</p>", _trials_html(trials, layout))
+    markdown = to_markdown(title, subtitle, blocks_for(trials, layout, data, figures, False), out_dir)
+    paths = {"html": out_dir / HTML_FILE, "md": out_dir / MARKDOWN_FILE, "json": out_dir / JSON_FILE}
+    keep = ("number", "key", "state", "params", "run_dir", "seconds", "value", "retries", "metrics", "error",
+            "study_choice")
+    try:
+        write_json(paths["json"], {"version": 1, "name": layout.name, "objective": layout.objective,
+                                   "axes": layout.axes, "x": layout.x, "group": layout.group,
+                                   "heatmap_axes": list(layout.heatmap) if layout.heatmap else None,
+                                   "notes": layout.notes, "study_choice": STUDY_CHOICE,
+                                   "trials": [{k: t[k] for k in keep} for t in trials], "curves": data["curves"],
+                                   "heatmap": data["heatmap"], "best": data["best"], "headline": data["headline"],
+                                   "figures": figures, "spec": layout.spec})
+        for key, text in (("html", page), ("md", markdown)):
+            atomic_write(paths[key], lambda handle, text=text: handle.write(text.encode()))
+    except OSError as exc:
+        raise output_error(out_dir, exc) from None
+    return paths
