@@ -53,3 +53,48 @@ def image_metrics(clean: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray
     """Per-image ``mse``, ``psnr`` and ``ssim`` of ``images`` against ``clean`` (both (N, H, W) in [0, 1])."""
     mse = mse_per_image(clean, images)
     return {"mse": mse, "psnr": psnr_from_mse(mse), "ssim": ssim_per_image(clean, images)}
+
+
+# ------------------------------------------------------------------ the natural-image protocol (8-bit)
+# The published Set12 figures (DnCNN's and BM3D's code) score an output saved as an 8-bit image:
+# clipped to [0, 1], rounded to 1/255, PSNR and SSIM then taken on the 0-255 scale against the
+# uint8 clean image. SSIM is Wang et al.'s: an 11x11 Gaussian window of sigma 1.5, population
+# covariances, K1 = 0.01, K2 = 0.03, averaged over the 'valid' positions (5 px border left out).
+SSIM8_SETTINGS = {"data_range": 255.0, "gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False}
+
+
+def quantize8(images: np.ndarray) -> np.ndarray:
+    """``round(clip(x, 0, 1) * 255) / 255`` as float64, the 8-bit image the published code scores.
+
+    NumPy rounds halves to even where MATLAB's ``im2uint8`` rounds them away from zero; a float
+    output lands exactly on a half only by accident, so the two agree in practice.
+    """
+    return np.round(np.clip(np.asarray(images, dtype=np.float64), 0.0, 1.0) * 255.0) / 255.0
+
+
+def _levels8(clean_uint8: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    clean = np.asarray(clean_uint8)
+    if clean.dtype != np.uint8:
+        raise TypeError(f"clean must be uint8 on the 0-255 scale, got {clean.dtype}")
+    output = np.asarray(output)
+    if output.shape != clean.shape:
+        raise ValueError(f"output shape {output.shape} differs from the clean image's {clean.shape}")
+    return clean.astype(np.float64), np.round(np.clip(output.astype(np.float64), 0.0, 1.0) * 255.0)
+
+
+def psnr8(clean_uint8: np.ndarray, output: np.ndarray, cap_db: float = PSNR_CAP_DB) -> float:
+    """PSNR in dB of ``output`` (float, [0, 1] scale, any range) quantized to 8 bits, against a uint8 image.
+
+    ``10 log10(255**2 / mean((clean - round(clip(output, 0, 1) * 255))**2))`` on the 0-255 scale,
+    capped at ``cap_db`` like :func:`psnr_from_mse`.
+    """
+    clean, levels = _levels8(clean_uint8, output)
+    mse = float(np.mean(np.square(clean - levels)))
+    return float(10.0 * np.log10(255.0 ** 2 / max(mse, 255.0 ** 2 * 10.0 ** (-cap_db / 10.0))))
+
+
+def ssim8(clean_uint8: np.ndarray, output: np.ndarray) -> float:
+    """SSIM of ``output`` quantized to 8 bits against a uint8 image, on the 0-255 scale (:data:`SSIM8_SETTINGS`)."""
+    from skimage.metrics import structural_similarity
+    clean, levels = _levels8(clean_uint8, output)
+    return float(structural_similarity(clean, levels, **SSIM8_SETTINGS))
