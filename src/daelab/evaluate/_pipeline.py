@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 EVAL_FILE = "evaluation.json"
 EVAL_MARKDOWN = "evaluation.md"
 STUDY_LEVELS = study.UNIFORM_LEVELS
+# Images per scoring job: a fixed multiple of ssim_per_image's own chunk, so that the sums SSIM rounds
+# do not depend on the pool (every caller that must reproduce the evaluation's numbers scores in these).
+SCORING_CHUNK = 2000
 ROBUSTNESS = "gaussian:0.05,0.1,0.2,0.3;uniform:0.1,0.2,0.3,0.4;salt_pepper:0.05,0.1,0.2,0.3;masking:0.1,0.25,0.5,0.75"
 
 
@@ -182,7 +185,7 @@ def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalCo
                                                             clean_sub[:n], sigmas, k)))
     # SSIM of the whole set is as slow as a baseline: it goes to the pool too, in chunks of a fixed
     # multiple of ssim_per_image's own chunk, so that the sums it rounds do not depend on the pool.
-    scoring = {name: pool.map_chunks(image_metrics, (clean_np, images), 2000)
+    scoring = {name: pool.map_chunks(image_metrics, (clean_np, images), SCORING_CHUNK)
                for name, images in (("noisy", noisy_np), ("dae", denoised))}
     per_image = {name: pool.gather_chunks(pending) for name, pending in scoring.items()}
     result["full"] = {"n": len(clean), "methods": {"noisy": summarise(per_image["noisy"]),
@@ -251,14 +254,9 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
         log.warning("skipping %s: %s", note["name"], note["reason"])
     _check_outputs_writable(run_dir, config)  # before minutes of computing, not after
     model, state = load_model(run_dir, config.checkpoint, resolve_device(config.device))
-    if dataset is None:
-        dataset = load_dataset(config.data_dir or state.get("train_config", {}).get("data_dir"))
-
-    test = to_tensor(dataset.test_images, "image")[:, 0]  # (N, H, W) float32 in [0, 1]
-    order = np.random.default_rng(config.seed).permutation(len(test))
-    n_dae = min(config.dae_max_images or len(test), len(test))
-    n_subset = min(config.max_images or n_dae, n_dae)
-    clean = test[torch.from_numpy(order[:n_dae])]
+    dataset = dataset if dataset is not None else run_dataset(state, config)
+    clean, _, n_subset = evaluation_images(dataset, config)
+    n_dae = len(clean)
 
     # Worker processes pay ~1 s to start; below a few hundred images the baselines take less than that.
     workers = config.workers or (available_cores() if n_subset >= 200 else 1)
@@ -282,7 +280,7 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
                        "best_metric": state.get("best_metric")},
         "model": {"name": model.config.name, "input_layout": model.input_layout, "code_dim": model.code_dim,
                   "train_noise": state.get("train_config", {}).get("noise")},
-        "dataset": {"source": dataset.source, "n_test": len(test)},
+        "dataset": {"source": dataset.source, "n_test": len(dataset.test_images)},
         "n_images": {"dae": n_dae, "baselines": n_subset if denoisers else 0},
         "psnr_cap_db": PSNR_CAP_DB,
         "ci_level": 0.95,
@@ -300,7 +298,35 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
                             "dae_seconds_per_image": _mean([lv["full"]["methods"]["dae"]["seconds_per_image"]
                                                             for lv in levels]),
                             "threads": torch.get_num_threads(), "baseline_workers": workers if denoisers else 0}
-    for name, text in ((EVAL_FILE, None), (EVAL_MARKDOWN, format_markdown(evaluation))):
+    write_evaluation(run_dir, evaluation, format_markdown(evaluation))
+    return evaluation
+
+
+def run_dataset(state: dict, config: EvalConfig) -> Dataset:
+    """The dataset an evaluation of a run with checkpoint ``state`` scores on (``config.data_dir`` or the run's)."""
+    return load_dataset(config.data_dir or state.get("train_config", {}).get("data_dir"))
+
+
+def evaluation_images(dataset: Dataset, config: EvalConfig) -> tuple[torch.Tensor, np.ndarray, int]:
+    """The test images the DAE is scored on, in the evaluation's seeded order.
+
+    Returns
+    -------
+    (clean, index, n_subset) : (n_dae, H, W) float32 tensor in [0, 1] (``config.dae_max_images`` of
+    them, 0 = all); (n_dae,) their positions in ``dataset.test_images``; and how many of them, from
+    the head, the baselines are scored on (``config.max_images``).
+    """
+    test = to_tensor(dataset.test_images, "image")[:, 0]  # (N, H, W) float32 in [0, 1]
+    order = np.random.default_rng(config.seed).permutation(len(test))
+    n_dae = min(config.dae_max_images or len(test), len(test))
+    n_subset = min(config.max_images or n_dae, n_dae)
+    index = order[:n_dae]
+    return test[torch.from_numpy(index)], index, n_subset
+
+
+def write_evaluation(run_dir: Path, evaluation: dict, markdown: str) -> None:
+    """Write ``evaluation.json`` and ``evaluation.md`` (each atomically) into ``run_dir``; one-line error if not."""
+    for name, text in ((EVAL_FILE, None), (EVAL_MARKDOWN, markdown)):
         try:
             if text is None:
                 write_json(run_dir / name, evaluation)
@@ -308,7 +334,6 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
                 atomic_write(run_dir / name, lambda handle, text=text: handle.write(text.encode()))
         except OSError as exc:
             raise output_error(run_dir / name, exc) from None
-    return evaluation
 
 
 def _check_outputs_writable(run_dir: Path, config: EvalConfig) -> None:
