@@ -23,7 +23,8 @@ from daelab.evaluate._pipeline import (
     run_dae,
     summarise,
 )
+from daelab.evaluate._seeds import evaluate_daes
 
 __all__ = ["EVAL_FILE", "EVAL_MARKDOWN", "ROBUSTNESS", "STUDY_LEVELS", "EvalConfig", "draw_noisy",
-           "equivalent_command", "evaluate_level", "evaluate_run", "format_markdown", "headline", "noise_seed",
-           "robustness_matrix", "run_dae", "summarise"]
+           "equivalent_command", "evaluate_daes", "evaluate_level", "evaluate_run", "format_markdown", "headline",
+           "noise_seed", "robustness_matrix", "run_dae", "summarise"]
