@@ -160,6 +160,11 @@ def test_interval_widens_when_the_daes_differ_more():
     images_only = mean_ci(_psnr(1.0).mean(axis=0))
     assert images_only["hi"] - images_only["lo"] < width["apart"] / 3
     assert [row["psnr"] for row in apart["per_dae"]] == pytest.approx(list(_psnr(1.0).mean(axis=1)))
+    psnr = _psnr(1.0)
+    alone = summarise_seeds("uniform:0.1", SEEDS, {"psnr": psnr, "ssim": psnr, "mse": psnr}, noisy, n_boot=20)
+    assert set(alone["gain"]) == {"noisy"}  # no baselines run: the gain over the noisy input only
+    with pytest.raises(ValueError, match="does not fit"):
+        summarise_seeds("uniform:0.1", SEEDS[:2], {"psnr": psnr, "ssim": psnr, "mse": psnr}, noisy)
 
 
 def test_real_valued_interval_covers_with_a_dae_random_effect():
