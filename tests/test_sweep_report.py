@@ -193,7 +193,7 @@ def test_every_trial_is_listed_with_its_state_and_unfinished_ones_do_not_crash(t
     rows = [r for r in rows if r["params"] != {"train.noise.kind": "salt_pepper", "train.noise.level": 0.5}]
     (tmp_path / "trials" / rows[1]["key"] / "evaluation.json").write_text("{not json")  # damaged, though COMPLETE
     _, page, markdown, data = _report(tmp_path, rows)
-    by_point = {(t["params"]["train.noise.kind"], t["params"]["train.noise.level"]): t for t in data["trials"]}
+    by_point = {(t["params"]["train.noise.kind"], t["params"]["train.noise.level"]): t for t in data["rows"]}
     assert len(by_point) == 9  # every grid point, the one without a row too
     assert by_point["salt_pepper", 0.5]["state"] == "NOT STARTED"
     for point, state in states.items():
@@ -234,7 +234,7 @@ def test_a_one_axis_grid_over_the_code_width_has_no_heatmap(tmp_path):
     assert "No heatmap: the grid has one axis" in markdown
     assert [p["x"] for p in data["curves"][0]["points"]] == [32, 64, 196]
     # Without noise axes the study's choice is the trial with its code width (the noise is the default's).
-    assert [t["study_choice"] for t in data["trials"]] == [False, False, True]
+    assert [t["study_choice"] for t in data["rows"]] == [False, False, True]
 
 
 def test_a_report_axis_not_in_the_grid_is_said_not_fatal(tmp_path):
@@ -242,3 +242,15 @@ def test_a_report_axis_not_in_the_grid_is_said_not_fatal(tmp_path):
     _, page, markdown, data = _report(tmp_path, make_sweep(tmp_path), spec)
     assert data["x"] == "train.noise.kind" and len(data["notes"]) == 2
     assert "is not an axis of the grid" in page
+
+
+def test_a_third_axis_splits_the_curves_and_is_averaged_in_the_heatmap(tmp_path):
+    spec = {**SPEC, "grid": {"train.noise.kind": ["gaussian", "masking"], "train.noise.level": [0.1, 0.3],
+                             "model.code_dim": [64, 196]}}
+    _, page, markdown, data = _report(tmp_path, make_sweep(tmp_path, spec=spec), spec)
+    assert [c["label"] for c in data["curves"]] == ["gaussian, 64", "gaussian, 196", "masking, 64", "masking, 196"]
+    grid = data["heatmap"]
+    assert grid["averaged_over"] == ["model.code_dim"] and grid["n"] == [[2, 2], [2, 2]]
+    assert grid["codes_minus_raw"][1][0] == pytest.approx(_diff("masking", 0.1))  # both widths gave the same here
+    assert [t["study_choice"] for t in data["rows"]].count(True) == 1  # gaussian:0.1 with the 196-wide code
+    assert set(data["figures"]) == {"difference", "psnr", "heatmap"}

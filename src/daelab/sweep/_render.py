@@ -190,7 +190,8 @@ def _trial(row: dict, layout: Layout, out_dir: Path) -> dict:
             "params": params, "run_dir": run_dir, "seconds": row.get("seconds"), "value": row.get("value"),
             "retries": row.get("retries", 0), "metrics": metrics, "error": error, "curve": label,
             "study_choice": _is_study_choice(params, layout.spec),
-            "link_html": _link(out_dir, run_dir, "html"), "link_md": _link(out_dir, run_dir, "md")}
+            "link_html": _link(out_dir, run_dir, "html"), "link_md": _link(out_dir, run_dir, "md"),
+            "link_text": "report" if run_dir and (Path(run_dir) / "report.html").is_file() else "run dir"}
 
 
 def _complete(trials: list[dict]) -> list[dict]:
@@ -502,43 +503,66 @@ def plot_heatmap(path: Path, grid: dict) -> bool:
 
 
 # ------------------------------------------------------------------------------ the blocks
-TRIAL_HEADER = ["#", "state", "codes - raw (mlp) [95%]", "verdict", "linear", "kNN", "acc codes", "acc raw",
+TRIAL_HEADER = ["#", "state", "codes - raw (mlp) [95%]", "verdict", "linear", "kNN", "accuracy codes / raw",
                 "PSNR mean (dB)", "val loss", "time", "retries", "run"]
+TRIAL_CAPTION = ("★ the study's choice. Intervals and verdicts: the probe's, over classifier seeds x test images, "
+                 "for each trial's one trained DAE (a verdict with another scope says so). linear, kNN: codes - raw "
+                 "under those probes, * where the interval excludes 0 (intervals in the figure and sweep.json).")
+
+
+def _mean(value: dict | None) -> str:
+    """A difference's mean, starred where its interval excludes 0."""
+    if not value:
+        return "–"
+    return f"{value['mean']:+.4f}" + ("*" if value["lo"] > 0 or value["hi"] < 0 else "")
+
+
+def _align(layout: Layout) -> str:
+    return "ll" + "l" * len(layout.axes) + "rlrrlrrrrl"
+
+
+def _short_verdict(value: dict | None) -> str:
+    """The verdict without its scope where that is the table's (one trained DAE), else as it is."""
+    if not value:
+        return "–"
+    verdict, scope = value["verdict"], value.get("scope") or ""
+    if scope == "for this one trained DAE" and verdict.endswith(scope):
+        return verdict[: -len(scope)].strip()
+    return verdict
 
 
 def _trial_cells(trial: dict, layout: Layout) -> list[str]:
     m = trial["metrics"]
     state = trial["state"].lower() + (f" (damaged: {trial['error']})" if trial["error"] else "")
-    verdict = (m["codes_minus_raw"] or {}).get("verdict", "–")
+    accuracy = ("–" if m["accuracy"]["codes"] is None and m["accuracy"]["raw"] is None else
+                f"{_number(m['accuracy']['codes'])} / {_number(m['accuracy']['raw'])}")
     return [("–" if trial["number"] is None else str(trial["number"])) + (" ★" if trial["study_choice"] else ""),
-            state, *(_show(trial["params"].get(a, "–")) for a in layout.axes), _ci(m["codes_minus_raw"]), verdict,
-            _ci(m["linear_codes_minus_raw"]), _ci(m["knn_codes_minus_raw"]), _number(m["accuracy"]["codes"]),
-            _number(m["accuracy"]["raw"]), _number(m["psnr_mean"], 2), _number(m["val_loss"], 5),
-            _seconds(trial["seconds"]), str(trial["retries"] or 0)]
+            state, *(_show(trial["params"].get(a, "–")) for a in layout.axes), _ci(m["codes_minus_raw"]),
+            _short_verdict(m["codes_minus_raw"]), _mean(m["linear_codes_minus_raw"]), _mean(m["knn_codes_minus_raw"]),
+            accuracy, _number(m["psnr_mean"], 2), _number(m["val_loss"], 5), _seconds(trial["seconds"]),
+            str(trial["retries"] or 0)]
 
 
 def _trials_markdown(trials: list[dict], layout: Layout) -> Block:
     header = TRIAL_HEADER[:2] + layout.axes + TRIAL_HEADER[2:]
-    rows = [_trial_cells(t, layout) + [f"[{t['key']}]({t['link_md']})" if t["link_md"] else "–"] for t in trials]
-    return Block("table", header=header, rows=rows, align="ll" + "l" * len(layout.axes) + "rlrrrrrrrrl",
-                 text="★ the study's choice. Intervals: over classifier seeds x test images, for one trained DAE.")
+    rows = [_trial_cells(t, layout) + [f"[{t['link_text']}]({t['link_md']})" if t["link_md"] else "–"]
+            for t in trials]
+    return Block("table", header=header, rows=rows, align=_align(layout), text=TRIAL_CAPTION)
 
 
 def _trials_html(trials: list[dict], layout: Layout) -> str:
-    """The trials table as the run report draws tables, with each trial's run directory linked (relative)."""
-    header = TRIAL_HEADER[:2] + layout.axes + TRIAL_HEADER[2:]
-    align = "ll" + "l" * len(layout.axes) + "rlrrrrrrrrl"
+    """The trials table as the run report draws tables, with each trial's run linked (relative to the sweep)."""
+    header, align = TRIAL_HEADER[:2] + layout.axes + TRIAL_HEADER[2:], _align(layout)
     head = "".join(f'<th class="{a}">{_inline(h)}</th>' for h, a in zip(header, align))
     body = []
     for trial in trials:
         cells = [_cell(v, a) for v, a in zip(_trial_cells(trial, layout), align)]
         link = trial["link_html"]
-        cells.append(f'<td><a href="{html.escape(link)}">{html.escape(str(trial["key"]))}</a></td>' if link
-                     else "<td>–</td>")
+        cells.append(f'<td><a href="{html.escape(link)}" title="{html.escape(str(trial["key"]))}">'
+                     f"{trial['link_text']}</a></td>" if link else "<td>–</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    caption = "★ the study's choice. Intervals: over classifier seeds x test images, for one trained DAE."
-    return (f'<div class="table-wrap"><table><caption>{_inline(caption)}</caption><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    return (f'<div class="table-wrap"><table><caption>{_inline(TRIAL_CAPTION)}</caption><thead><tr>{head}</tr>'
+            f"</thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _best_block(best: dict, objective: str) -> Block:
@@ -661,7 +685,7 @@ def write_sweep_report(out_dir: str | os.PathLike, rows: list[dict], spec) -> di
                                    "axes": layout.axes, "x": layout.x, "group": layout.group,
                                    "heatmap_axes": list(layout.heatmap) if layout.heatmap else None,
                                    "notes": layout.notes, "study_choice": STUDY_CHOICE,
-                                   "trials": [{k: t[k] for k in keep} for t in trials], "curves": data["curves"],
+                                   "rows": [{k: t[k] for k in keep} for t in trials], "curves": data["curves"],
                                    "heatmap": data["heatmap"], "best": data["best"], "headline": data["headline"],
                                    "figures": figures, "spec": layout.spec})
         for key, text in (("html", page), ("md", markdown)):
