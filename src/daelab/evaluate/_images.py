@@ -154,6 +154,8 @@ def evaluate_images(denoise_fn: Denoise | None, images_dir: str | os.PathLike, n
             "noise": {n.spec: n.meaning for n in noises},
             "noise_draw": "one draw per (image, noise) from daelab.seeds.image_noise_generator(seed, spec, name)",
             "baseline_sigma": "the true std on the [0, 1] scale (noise.nominal_std, S/255 for awgn:S)",
+            "baseline_images": "every baseline runs on every image (the Fashion-MNIST evaluation's per-method "
+                               "image caps do not apply here)",
             "quantization": "outputs clipped to [0, 1] and rounded to 8 bits (round(clip(x, 0, 1) * 255)) before "
                             "PSNR/SSIM on the 0-255 scale; psnr_float is the PSNR of the unquantized output",
             "ssim": {key: value for key, value in SSIM8_SETTINGS.items()} | {"win_size": 11, "K1": 0.01, "K2": 0.03},
