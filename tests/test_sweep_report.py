@@ -254,3 +254,19 @@ def test_a_third_axis_splits_the_curves_and_is_averaged_in_the_heatmap(tmp_path)
     assert grid["codes_minus_raw"][1][0] == pytest.approx(_diff("masking", 0.1))  # both widths gave the same here
     assert [t["study_choice"] for t in data["rows"]].count(True) == 1  # gaussian:0.1 with the 196-wide code
     assert set(data["figures"]) == {"difference", "psnr", "heatmap"}
+
+
+def test_odd_rows_and_null_numbers_do_not_crash_the_report(tmp_path):
+    rows = make_sweep(tmp_path)
+    probe_path = Path(rows[0]["run_dir"]) / "probe.json"
+    probe = json.loads(probe_path.read_text())
+    probe["comparisons"][0]["interval"]["lo"] = None  # a non-finite end, written as null
+    probe_path.write_text(json.dumps(probe))
+    stray = make_trial(tmp_path / "trials" / "stray")
+    rows += [{"number": 99, "state": "COMPLETE", "params": {}, "run_dir": str(stray)},  # no grid point, few keys
+             {"number": 100, "state": "FAIL", "params": {"train.noise.kind": "gaussian"}, "run_dir": None}, "junk"]
+    _, page, markdown, data = _report(tmp_path, rows)
+    first = next(t for t in data["rows"] if t["number"] == 0)
+    assert first["metrics"]["codes_minus_raw"] is None and first["metrics"]["psnr_mean"] is not None
+    assert {t["number"] for t in data["rows"]} >= {99, 100} and len(data["rows"]) == 11
+    assert "difference" in data["figures"]

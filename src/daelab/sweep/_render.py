@@ -168,11 +168,11 @@ def collect_trials(rows: list[dict], layout: Layout, out_dir: Path) -> list[dict
     for row in rows:
         placed.setdefault(position(row), []).append(row)
     trials = []
-    for index in sorted(set(range(len(points))) | set(placed)):
-        for row in placed.get(index, [{"number": None, "state": NOT_STARTED, "key": None, "run_dir": None,
+    for index in sorted(set(range(len(points))) | set(placed)):  # index len(points): rows off the grid, last
+        found = placed.get(index) or [{"number": None, "state": NOT_STARTED, "key": None, "run_dir": None,
                                        "params": dict(zip(layout.axes, points[index])), "seconds": None,
-                                       "value": None, "retries": 0}]):
-            trials.append(_trial(dict(row), layout, out_dir))
+                                       "value": None, "retries": 0}]
+        trials += [_trial(dict(row), layout, out_dir) for row in found]
     return trials
 
 
@@ -185,6 +185,10 @@ def _trial(row: dict, layout: Layout, out_dir: Path) -> dict:
             metrics = trial_metrics(run_dir)
         except UsageError as exc:
             error = str(exc)
+        for name, _ in DIFFERENCES:  # an interval with a non-finite end (null in the JSON) says nothing
+            value = metrics[name]
+            if value and any(value[k] is None for k in ("mean", "lo", "hi")):
+                metrics[name] = None
     label = ", ".join(_show(params.get(a, "?")) for a in layout.axes if a != layout.x) or "all trials"
     return {"number": row.get("number"), "key": row.get("key"), "state": str(row.get("state") or "UNKNOWN"),
             "params": params, "run_dir": run_dir, "seconds": row.get("seconds"), "value": row.get("value"),
@@ -358,9 +362,9 @@ def _curve_style(curve_list: list[dict], layout: Layout) -> list[tuple]:
 def _x_positions(layout: Layout) -> tuple[callable, list | None, list | None]:
     values = layout.values.get(layout.x, [None]) if layout.x else [None]
     if all(_is_number(v) for v in values):
-        return (lambda v: float(v)), None, None
-    return (lambda v: float(next((k for k, w in enumerate(values) if _same(w, v)), 0))), list(range(len(values))), \
-        [_show(v) for v in values]
+        return (lambda v: float(v) if _is_number(v) else math.nan), None, None
+    return (lambda v: float(next((k for k, w in enumerate(values) if _same(w, v)), math.nan))), \
+        list(range(len(values))), [_show(v) for v in values]
 
 
 def plot_differences(path: Path, curve_list: list[dict], layout: Layout) -> bool:
@@ -373,7 +377,7 @@ def plot_differences(path: Path, curve_list: list[dict], layout: Layout) -> bool
         return False
     from daelab.plots import plt
     where, ticks, tick_labels = _x_positions(layout)
-    xs = sorted({where(p["x"]) for c in curve_list for p in c["points"]})
+    xs = sorted({x for c in curve_list for p in c["points"] if math.isfinite(x := where(p["x"]))})
     step = min((b - a for a, b in zip(xs, xs[1:])), default=1.0) or 1.0
     spread = 0.12 * step / max(len(curve_list) - 1, 1)  # side by side, so the error bars do not hide each other
     fig = plt.figure(figsize=(12.0, 4.4), dpi=120)
