@@ -82,14 +82,15 @@ def layout_of(spec) -> Layout:
                      f"{'using ' + repr(default) if default else 'left out'}")
         return default
 
-    x = axis(report.get("x"), "x", axes[0] if axes else None)
+    # The defaults are the engine's (daelab.sweep._spec): x the last axis, one curve per value of the first.
+    x = axis(report.get("x"), "x", axes[-1] if axes else None)
     group = axis(report.get("group"), "group", next((a for a in axes if a != x), None))
     group = None if group == x else group
     heatmap = None
     if len(axes) < 2:
         notes.append("the grid has one axis: no heatmap (it needs two)")
     else:
-        default = (group, x) if group else tuple(axes[:2])
+        default = tuple(axes[:2])
         chosen = report.get("heatmap")
         if chosen is None:
             heatmap = default
