@@ -51,6 +51,7 @@ DB_FILE = "sweep.db"
 RUNTIME = {"threads", "workers", "device", "data_dir"}
 # Train settings a resumed training run may take from the spec rather than from its checkpoint.
 RESUMABLE = RUNTIME | {"epochs", "checkpoint_every"}
+CREATE_ATTEMPTS = 6
 HOLDING = ("RUNNING", "WAITING", "COMPLETE")  # the states in which a trial holds its grid point
 
 
@@ -68,8 +69,21 @@ def _now() -> str:
 def storage_url(spec: SweepSpec, storage: str | None = None) -> str:
     """The storage URL: ``storage`` as given, or SQLite in ``OUT/sweep.db`` (absolute path)."""
     if storage:
-        return storage
+        return _with_driver(storage)
     return f"sqlite:///{(Path(spec.out) / DB_FILE).resolve()}"
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` as ``postgresql+psycopg2://`` where only psycopg2 is installed.
+
+    SQLAlchemy 2.1 reads a plain ``postgresql://`` as psycopg 3; daelab's ``postgres`` extra installs
+    psycopg2-binary, the driver Optuna documents.
+    """
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return url
 
 
 def shown_url(url: str) -> str:
@@ -100,10 +114,19 @@ def make_storage(spec: SweepSpec, url: str):
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-            return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat,
-                                       grace_period=spec.grace, **{callback_arg: retry})
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+                    return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat,
+                                               grace_period=spec.grace, **{callback_arg: retry})
+            except Exception as exc:  # noqa: BLE001 - see below
+                # Workers started together race to create the tables (a UNIQUE constraint fails in the one
+                # that comes second, or SQLite is locked): the tables are there a moment later.
+                text = f"{type(exc).__name__} {exc}"
+                if attempt + 1 == CREATE_ATTEMPTS or not ("IntegrityError" in text or "locked" in text):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ModuleNotFoundError as exc:
         hint = ("pip install 'daelab[postgres]' (psycopg2-binary)" if "psycopg" in str(exc)
                 else f"install the database driver ({exc.name})")
