@@ -320,7 +320,8 @@ def headline(trials: list[dict], best: dict, layout: Layout) -> list[str]:
         ranked = sorted(done, key=lambda t: -_value(t, "codes_minus_raw"))
         rank = ranked.index(mine) + 1
         value = mine["metrics"]["codes_minus_raw"]
-        overlap = "overlap" if value["hi"] >= top["codes_minus_raw"]["lo"] else "do not overlap"
+        best_value = top["codes_minus_raw"]
+        overlap = "overlap" if value["hi"] >= best_value["lo"] and best_value["hi"] >= value["lo"] else "do not overlap"
         items.append(f"The study's choice ({STUDY_CHOICE}): {_ci(value)}, {value['verdict']}; rank {rank} of "
                      f"{len(done)} by codes - raw" + ("" if rank == 1 else
                                                      f"; its interval and the best trial's {overlap} (the sweep "
@@ -622,8 +623,9 @@ def blocks_for(trials: list[dict], layout: Layout, data: dict, figures: dict, ht
     blocks.append(Block("section", text="Every trial", id="trials"))
     blocks.append(Block("p", text=_TABLE_TOKEN) if html_page else _trials_markdown(trials, layout))
     blocks.append(Block("section", text="How to read this", id="reading"))
-    blocks.append(Block("p", text="Each trial is **one trained DAE** (one training seed) at the sweep's budget, "
-                        "trained, evaluated and probed as `daelab reproduce` does; its verdict is worded "
+    blocks.append(Block("p", text="Each trial is **one trained DAE** (one training seed), trained, evaluated and "
+                        "probed at the budget the spec's `[train]`, `[evaluate]` and `[probe]` set (a quick "
+                        "budget's numbers are not the study's 100 epochs'); its verdict is worded "
                         "\"for this one trained DAE\" because the interval covers the classifier's seeds and the "
                         "test images, not the DAE's own training. Two trials' intervals are not a test of the "
                         "difference between them; rerun a pair with several DAE seeds (`daelab probe` on "
