@@ -7,6 +7,9 @@ import numpy as np
 
 from daelab.plots import plt
 
+# One marker per DAE seed in the seeds figure (with its colour), so DAE seeds stay apart without colour.
+MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*")
+
 
 def plot_confusion(matrix: np.ndarray, class_names: list[str], path: str | os.PathLike, title: str = "") -> None:
     """Row-normalised confusion matrix (true class x predicted class), counts printed in the cells.
@@ -84,7 +87,8 @@ def plot_seed_accuracy(results: list[dict], path: str | os.PathLike, level: floa
 
     One panel per probe; in it, one column per feature set: a dot per (DAE seed, classifier seed),
     the DAE seeds side by side in their own colours, and beside them the accuracy's interval over DAE
-    seeds x classifier seeds x test images (the one the verdicts use) with its mean.
+    seeds x classifier seeds x test images (the one the verdicts use) with its mean. Each DAE seed has
+    its own colour and marker (:data:`MARKERS`).
 
     Parameters
     ----------
@@ -110,8 +114,9 @@ def plot_seed_accuracy(results: list[dict], path: str | os.PathLike, level: floa
                 x = j - 0.3 + 0.3 * (d + 0.5) / len(by_dae)
                 # grey: a feature set that no DAE produces (raw, PCA), probed once for every DAE seed
                 color = colors[d % len(colors)] if len(by_dae) > 1 or one_dae else "grey"
+                marker = MARKERS[d % len(MARKERS)] if len(by_dae) > 1 else "o"  # told apart in grey print too
                 label = f"DAE seed {dae_seeds[d] if dae_seeds else d}" if len(by_dae) > 1 else None
-                ax.plot([x] * len(accuracies), accuracies, "o", ms=3.5, color=color, alpha=0.75,
+                ax.plot([x] * len(accuracies), accuracies, marker, ms=3.5, color=color, alpha=0.75,
                         label=label if label not in labelled else None)
                 labelled.add(label)
             interval = row["interval"]

@@ -35,13 +35,16 @@ def format_markdown(report: dict) -> str:
                       + ("the DAE's training seed -- and the CPU, which changes the trained codes as a new seed "
                          "would -- is not in the interval." if over["dae_seeds"] == 1 else
                          "the DAE's training seed is resampled with the rest.")]
-    lines += ["", f"| feature | probe | test accuracy (mean ± std) | {pct}% t-interval | n | "
-                  f"{pct}% interval over the design | varied between seeds |",
-              "|---|---|---|---|---|---|---|"]
+    per_dae = ["per DAE seed (mean over classifier seeds)"] if several else []
+    lines += ["", "| " + " | ".join(["feature", "probe", "test accuracy (mean ± std)", f"{pct}% t-interval", "n",
+                                     f"{pct}% interval over the design", *per_dae, "varied between seeds"]) + " |",
+              "|" + "---|" * (7 + len(per_dae))]
     for r in report["results"]:
         design_interval = f"[{r['interval']['lo']:.4f}, {r['interval']['hi']:.4f}]" if "interval" in r else "–"
-        lines.append(f"| {r['feature']} | {r['probe']} | {r['mean']:.4f} ± {r['std']:.4f} | "
-                     f"[{r['lo']:.4f}, {r['hi']:.4f}] | {r['n']} | {design_interval} | {r['varied']} |")
+        by_dae = [_per_dae(r, report.get("dae_seeds", []))] if several else []
+        lines.append("| " + " | ".join([r["feature"], r["probe"], f"{r['mean']:.4f} ± {r['std']:.4f}",
+                                         f"[{r['lo']:.4f}, {r['hi']:.4f}]", str(r["n"]), design_interval, *by_dae,
+                                         str(r["varied"])]) + " |")
     lines += ["", f"| probe | comparison | mean difference | {pct}% t-interval | paired over | "
                   f"{pct}% interval over the design | over (DAE seeds × classifier seeds × images) | verdict |",
               "|---|---|---|---|---|---|---|---|"]
@@ -71,3 +74,12 @@ def format_markdown(report: dict) -> str:
     figures = report["figures"]
     lines += ["", " ".join(f"![{name}]({path})" for name, path in figures.items()), ""]
     return "\n".join(lines)
+
+
+def _per_dae(row: dict, dae_seeds: list) -> str:
+    """Each DAE seed's accuracy of a results row (mean over its classifier seeds); "–" for one set of runs."""
+    by_dae = row.get("accuracies_by_dae") or []
+    if len(by_dae) < 2:
+        return "–"
+    seeds = dae_seeds if len(dae_seeds) == len(by_dae) else range(len(by_dae))
+    return " · ".join(f"seed {s}: {sum(accs) / len(accs):.4f}" for s, accs in zip(seeds, by_dae))

@@ -61,9 +61,46 @@ def _design(over: dict | None) -> str:
     if not over:
         return ""
     daes = over.get("dae_seeds", 1)
-    parts = [f"{daes} DAE{'s' if daes != 1 else ''}", f"{over.get('classifier_seeds', '?')} classifier seeds",
+    parts = [f"{daes} DAE{'s' if daes != 1 else ''}", _classifier_seeds(over),
              f"{over.get('test_images', 0):,} test images"]
     return " x ".join(parts)
+
+
+def _classifier_seeds(over: dict) -> str:
+    seeds = over.get("classifier_seeds", "?")
+    return f"{seeds} classifier seed{'' if seeds == 1 else 's'}"
+
+
+# The feature sets a DAE produces (daelab.probe.DAE_FEATURES, named here so the report imports no probe code).
+_DAE_FEATURES = ("codes", "codes_noisy")
+
+
+def _row_design(row: dict) -> str:
+    """What a results row's design interval is over: ``5 classifier seeds x 10,000 test images`` for a feature set
+    no DAE produces (raw pixels, PCA: the DAE seeds do not enter), else :func:`_design`."""
+    over = row.get("interval_over") or {}
+    if row.get("feature") in _DAE_FEATURES or not over:
+        return _design(over)
+    return f"{_classifier_seeds(over)} x {over.get('test_images', 0):,} test images"
+
+
+def _design_stat(row: dict | None) -> dict | None:
+    """A results row's accuracy as the rule judges it: its interval over the design where the probe computed one
+    (``n`` 1 when nothing was resampled, so the rule says undetermined), else its t-summary over seeds."""
+    if not row or "interval" not in row:
+        return row
+    interval, over = row["interval"], row.get("interval_over") or {}
+    return {"mean": interval["mean"], "lo": interval["lo"], "hi": interval["hi"],
+            "n": 2 if over.get("resampled", [None]) else 1, "over": _row_design(row)}
+
+
+def _per_dae(row: dict, dae_seeds: list) -> str:
+    """Each DAE seed's accuracy (mean over classifier seeds) of a results row: ``seed 0: 0.8736 · seed 1: ...``."""
+    by_dae = row.get("accuracies_by_dae") or []
+    if len(by_dae) < 2:
+        return "–"
+    seeds = dae_seeds if len(dae_seeds) == len(by_dae) else range(len(by_dae))
+    return " · ".join(f"seed {s}: {sum(accs) / len(accs):.4f}" for s, accs in zip(seeds, by_dae))
 
 
 def _comparison_cells(c: dict) -> tuple[str, str, str]:
@@ -104,10 +141,11 @@ def _model_section(config: dict | None) -> list[Block]:
     return blocks + [Block("columns", children=[layers, Block("group", children=side)])]
 
 
-def _training_section(run_dir: Path, config: dict | None, metrics: list[dict]) -> list[Block]:
+def _training_section(run_dir: Path, config: dict | None, metrics: list[dict],
+                      state: dict | None = None) -> list[Block]:
     blocks = [Block("section", "Training", id="training")]
     if not metrics:
-        return blocks + [Block("note", "Not run: metrics.jsonl is missing or empty.")]
+        return blocks + [Block("note", "Not run: metrics.jsonl is missing or empty.")] + _daes_table(state)
     train = (config or {}).get("train", {})
     best = min(metrics, key=lambda r: r["val_loss"])
     epoch_seconds = [r["epoch_seconds"] for r in metrics if r.get("epoch_seconds")]
@@ -125,7 +163,28 @@ def _training_section(run_dir: Path, config: dict | None, metrics: list[dict]) -
     if (run_dir / "loss_curve.png").is_file():
         blocks.append(Block("figure", "Training and validation loss per epoch (MSE, log scale).",
                             path="loss_curve.png"))
-    return blocks
+    return blocks + _daes_table(state)
+
+
+def _daes_table(state: dict | None) -> list[Block]:
+    """The trained DAEs of a reproduction, one row per DAE seed (none for one DAE: the section above is it)."""
+    daes = ((state or {}).get("stages", {}).get("train") or {}).get("daes") or []
+    if len(daes) < 2:
+        return []
+
+    def loss(value):
+        return "–" if value is None else f"{value:.5f}"
+
+    rows = [[str(d.get("seed")), f"`{d.get('run_dir')}`", str(d.get("epochs_run", "–")), loss(d.get("best_val_loss")),
+             loss(d.get("final_val_loss")), _seconds(d.get("seconds")),
+             "trained" if d.get("status") == "done" else "not finished"] for d in daes]
+    total = sum(d.get("seconds") or 0.0 for d in daes)
+    return [Block("h3", f"{len(daes)} trained DAEs"),
+            Block("table", f"The same config trained once per DAE seed (training ran {len(daes)} times, "
+                           f"{_seconds(total)} in all); the numbers above are the first DAE's. The probe and the "
+                           "denoising intervals below are over all of them.",
+                  header=["DAE seed", "run directory", "epochs", "best val loss", "final val loss", "training time",
+                          "status"], rows=rows, align="llrrrrl")]
 
 
 def _denoising_section(evaluation: dict | None) -> list[Block]:
@@ -153,6 +212,7 @@ def _denoising_section(evaluation: dict | None) -> list[Block]:
     blocks += [Block("h3", "Full test set"),
                Block("table", f"Mean [95% interval] over {n_dae:,} test images.", rows=rows, align="llrrrr",
                      header=["noise", "images", "n", "MSE (R_loss)", "PSNR (dB)", "SSIM"])]
+    blocks += _dae_seeds_table(evaluation.get("dae_seeds"))
     table = evaluation.get("headline", {})
     if table.get("methods"):
         gain_rows = []
@@ -181,6 +241,31 @@ def _denoising_section(evaluation: dict | None) -> list[Block]:
     return blocks
 
 
+def _dae_seeds_table(section: dict | None) -> list[Block]:
+    """The denoising table over several trained DAEs (``evaluation.json["dae_seeds"]``); nothing without one."""
+    if not section or not section.get("levels"):
+        return []
+    over = section.get("interval_over", {})
+    daes = over.get("dae_seeds", len(section.get("seeds", [])))
+    rows = []
+    for level in section["levels"]:
+        dae, gains = level["dae"], level.get("gain", {})
+        best = [(name, gain) for name, gain in gains.items() if name != "noisy"]
+        rows.append([level["noise"], str(len(level.get("per_dae", [])) or daes), _ci(dae.get("psnr"), 2),
+                     " / ".join(f"{d['psnr']:.2f}" for d in level.get("per_dae", [])) or "–",
+                     _ci(dae.get("ssim"), 3), _ci(dae.get("mse"), 5), _ci(gains.get("noisy"), 2),
+                     f"{best[0][0]}: {_ci(best[0][1], 2)}" if best else "–"])
+    seeds = ", ".join(str(s) for s in section.get("seeds", []))
+    return [Block("h3", f"Over {daes} trained DAEs (seeds {seeds})"),
+            Block("table", f"Mean [95% interval] over {daes} DAE seeds x {over.get('test_images', 0):,} test images "
+                           f"({over.get('method', 'resampled together')}), so these hold {over.get('scope', '')}; "
+                           "per DAE: each DAE's mean PSNR over the images (seeds in the order above). Gains are "
+                           "paired per image: over the noisy input, and over the level's best baseline on the images "
+                           "it was scored on. The table above is the first DAE's alone.", rows=rows,
+                  header=["noise", "DAEs", "PSNR (dB)", "PSNR per DAE", "SSIM", "MSE (R_loss)",
+                          "gain over noisy (dB)", "gain over the best baseline (dB)"], align="lrrrrrrr")]
+
+
 def _probe_section(probe: dict | None) -> list[Block]:
     blocks = [Block("section", "Feature probe: codes vs raw pixels", id="probe")]
     if not probe:
@@ -191,15 +276,25 @@ def _probe_section(probe: dict | None) -> list[Block]:
     over = probe.get("interval_over")
     scope = (f" The comparisons' {pct}% intervals are over {_design(over)} (resampled together; "
              f"{over.get('method', '')}), so their verdicts hold {over.get('scope', '')}." if over else "")
-    blocks.append(Block("p", f"{split[:1].upper()}{split[1:]}. Seeds {probe.get('seeds')}; the accuracy table's "
-                             f"{pct}% t-intervals are over classifier seeds (deterministic probes run once).{scope}"))
+    dae_seeds = probe.get("dae_seeds") or []
+    several = len(dae_seeds) > 1
+    runs = (f"the runs of every DAE seed ({', '.join(map(str, dae_seeds))}) x classifier seed, pooled"
+            if several else "classifier seeds")
+    blocks.append(Block("p", f"{split[:1].upper()}{split[1:]}. Classifier seeds {probe.get('seeds')}; the accuracy "
+                             f"table's {pct}% t-intervals are over {runs} (deterministic probes run once per DAE); "
+                             f"the design intervals beside them are over every source of chance the design has."
+                             f"{scope}"))
     rows = []
     for r in probe.get("results", []):
         spread = r.get("n", 1) > 1  # a deterministic probe runs once: no spread, no interval
+        design = (f"{_ci(r['interval'], 4).partition(' ')[2]} over {_row_design(r)}" if "interval" in r else "–")
         rows.append([r["feature"], r["probe"], f"{r['mean']:.4f}", f"{r['std']:.4f}" if spread else "–",
-                     _ci(r, 4).partition(" ")[2] if spread else "one run", str(r["n"])])
-    blocks.append(Block("table", header=["features", "probe", "test accuracy", "std", f"{pct}% interval", "runs"],
-                        rows=rows, align="llrrrr"))
+                     _ci(r, 4).partition(" ")[2] if spread else "one run", str(r["n"]), design]
+                    + ([_per_dae(r, dae_seeds)] if several else []))
+    blocks.append(Block("table", header=["features", "probe", "test accuracy", "std", f"{pct}% t-interval", "runs",
+                                         f"{pct}% interval over the design"]
+                        + (["per DAE seed (mean over classifier seeds)"] if several else []),
+                        rows=rows, align="llrrrrr" + ("l" if several else "")))
     comparisons = probe.get("comparisons", [])
     if comparisons:
         blocks.append(Block("table", "Paired differences (same classifier seeds, same split, same test images); a "
@@ -217,8 +312,8 @@ def _probe_section(probe: dict | None) -> list[Block]:
     figures = [Block("figure", caption, path=probe["figures"][key]) for key, caption in (
         ("accuracy", "Test accuracy per feature set and probe (mean and interval over seeds), with the study's "
                      "numbers."),
-        ("seeds", "Each run's test accuracy as a dot (per DAE seed and classifier seed) and the interval the verdict "
-                  "rests on as a bar."),
+        ("seeds", "Each run's test accuracy as a dot (one colour and marker per DAE seed, a dot per classifier "
+                  "seed) and the interval the verdict rests on as a bar."),
         ("confusion", "Confusion matrix of the best probe (rows: true class).")) if probe.get("figures", {}).get(key)]
     return blocks + [Block("columns", "figures", children=figures)]
 
@@ -229,29 +324,46 @@ def study_comparisons(evaluation: dict | None, probe: dict | None) -> list[dict]
     out = []
     for p, losses in study.R_LOSS.items():
         level = _find_level(evaluation, p)
-        ours = level["full"]["methods"]["dae"]["mse"] if level else None
+        ours = _seeds_mse(evaluation, p) or (level["full"]["methods"]["dae"]["mse"] if level else None)
         study_mean = sum(losses) / len(losses)
         what = f"mean R_loss at uniform P = {p:g}"
-        sentence = (judge_sentence(what, study_mean, ours, higher_is_better=False) if ours else
-                    f"The study's {what} ({study_mean:.4f}) has no counterpart: this level was not evaluated.")
+        sentence = (judge_sentence(what, study_mean, ours, higher_is_better=False, over=ours.get("over", ""))
+                    if ours else f"The study's {what} ({study_mean:.4f}) has no counterpart: this level was not "
+                                 "evaluated.")
         out.append({"what": what, "study": study_mean, "study_ci": mean_ci(losses), "ours": ours,
                     "verdict": judge(study_mean, ours, False) if ours else "not run", "sentence": sentence})
     for feature, label in (("codes", "codes"), ("raw", "raw pixels")):
-        ours = _probe_row(probe, feature)
+        ours = _design_stat(_probe_row(probe, feature))  # the interval the verdicts use, where there is one
         for value, kind in ((study.ACCURACY[feature], "printed"), (study.CLAIMED[feature], "claimed")):
             what = f"{kind} test accuracy on {label}"
-            sentence = (judge_sentence(what, value, ours, higher_is_better=True, digits=4 if kind == "printed" else 2)
+            sentence = (judge_sentence(what, value, ours, higher_is_better=True, digits=4 if kind == "printed" else 2,
+                                       over=ours.get("over", ""))
                         if ours else f"The study's {what} ({value}) has no counterpart: the probe was not run.")
             out.append({"what": what, "study": value, "ours": ours,
                         "verdict": judge(value, ours, True) if ours else "not run", "sentence": sentence})
     return out
 
 
+def _seeds_mse(evaluation: dict | None, p: float) -> dict | None:
+    """The DAE's MSE at uniform P = ``p`` over DAE seeds x images (``evaluation.json["dae_seeds"]``), or None."""
+    section = (evaluation or {}).get("dae_seeds") or {}
+    for level in section.get("levels", []):
+        family, value = _level_of(level["noise"])
+        mse = level.get("dae", {}).get("mse")
+        if family == "uniform" and value is not None and math.isclose(value, p) and mse:
+            over = section.get("interval_over", {})
+            return {**mse, "over": f"{over.get('dae_seeds', '?')} DAEs x {over.get('test_images', 0):,} test images"}
+    return None
+
+
 def _study_section(evaluation: dict | None, probe: dict | None, comparisons: list[dict]) -> list[Block]:
     blocks = [Block("section", "The study's numbers beside ours", id="study"),
               Block("p", "The study printed ten per-image R_loss values per noise level (the first ten test "
                          "images, one noise draw) and one test accuracy per feature set (one run each). Ours are "
-                         "means over the whole test set or over seeds with 95% intervals."), Block("p", RULE)]
+                         "means with 95% intervals over every source of chance our design has: for the accuracies, "
+                         "DAE seeds x classifier seeds x test images (the interval the probe's verdicts use); for "
+                         "R_loss, DAE seeds x test images where several DAEs were evaluated, else the test images."),
+              Block("p", RULE)]
     rows = [[p, *[f"{v:.4f}" for v in losses], f"{sum(losses) / len(losses):.4f}"]
             for p, losses in study.R_LOSS.items()]
     blocks.append(Block("table", "The study's per-image R_loss (its printout).", rows=rows,
@@ -273,10 +385,11 @@ def _study_section(evaluation: dict | None, probe: dict | None, comparisons: lis
 def _run_section(config: dict | None, evaluation: dict | None, probe: dict | None, state: dict | None) -> list[Block]:
     blocks = [Block("section", "The run", id="run")]
     if state and state.get("stages"):
-        rows = [[name, s.get("status", "?"), _seconds(s.get("seconds")),
-                 (s.get("finished") or "–")[:19].replace("T", " ")]
+        daes = len(state.get("dae_seeds") or [None])
+        rows = [[f"{name} ({daes} DAEs)" if name == "train" and daes > 1 else name, s.get("status", "?"),
+                 _seconds(s.get("seconds")), (s.get("finished") or "–")[:19].replace("T", " ")]
                 for name, s in state["stages"].items()]
-        total = sum(s.get("seconds") or 0 for s in state["stages"].values())
+        total = state.get("total_seconds", sum(s.get("seconds") or 0 for s in state["stages"].values()))
         rows.append(["**total**", "", f"**{_seconds(total)}**", ""])
         blocks += [Block("h3", f"Stages ({state.get('mode', '?')} mode)"),
                    Block("table", header=["stage", "status", "wall time", "finished"], rows=rows, align="llrl")]
@@ -299,7 +412,9 @@ def _run_section(config: dict | None, evaluation: dict | None, probe: dict | Non
         kernels = "daelab's fused C kernels" if config.get("kernels") == "fused" else "PyTorch ops"
         blocks.append(Block("p", f"Training step: {config['precision']} matrix products, {kernels}, on "
                                  f"{config.get('device', '?')}."))
-    seeds = [["training", (config or {}).get("train", {}).get("seed", "–")],
+    dae_seeds = (state or {}).get("dae_seeds") or (probe or {}).get("dae_seeds")
+    seeds = [["training (DAE seeds)" if dae_seeds and len(dae_seeds) > 1 else "training",
+              dae_seeds if dae_seeds and len(dae_seeds) > 1 else (config or {}).get("train", {}).get("seed", "–")],
              ["evaluation noise draws", (evaluation or {}).get("seed", "not run")],
              ["probe", (probe or {}).get("seeds", "not run")]]
     blocks += [Block("h3", "Seeds"), Block("kv", rows=seeds)]
@@ -324,9 +439,12 @@ def _headline(config, metrics, evaluation, probe, comparisons) -> list[str]:
         lo_spec, lo = min(gains, key=lambda g: g[1]["mean"])
         hi_spec, hi = max(gains, key=lambda g: g[1]["mean"])
         worse = "" if lo["mean"] > 0 else " (negative: its output is further from the clean image than its input)"
+        section = evaluation.get("dae_seeds") or {}
+        daes = (f" (the first DAE; over its {section['interval_over']['dae_seeds']} trained DAEs in section 3)"
+                if section.get("interval_over") else "")
         items.append(f"**Denoising:** the DAE raises PSNR above the noisy input's at {len(helped)} of {len(gains)} "
                      f"noise levels; its gain runs from {lo['mean']:+.2f} dB ({lo_spec}) to {hi['mean']:+.2f} dB "
-                     f"({hi_spec}){worse}.")
+                     f"({hi_spec}){worse}{daes}.")
         table = evaluation.get("headline", {})
         others = [i for i, m in enumerate(table.get("methods", [])) if m != "dae"]
         if others and "dae" in table["methods"]:
@@ -361,8 +479,13 @@ def _banner(config: dict | None, state: dict | None) -> list[Block]:
     train = (config or {}).get("train", {})
     images = f"{train['subset']:,}" if train.get("subset") else "all"
     if state and state.get("mode") == "quick":
+        from daelab.reproduce import DAE_SEEDS
+        daes = len(state.get("dae_seeds") or [None])
+        fewer = (f", {daes} trained DAE{'s' if daes != 1 else ''} (the full study trains {DAE_SEEDS['full']}"
+                 f"{', so its verdicts hold for this one trained DAE only' if daes == 1 else ''})"
+                 if daes < DAE_SEEDS["full"] else f", {daes} trained DAEs")
         return [Block("banner", f"**Quick run.** This is `daelab reproduce --quick`: {train.get('epochs')} epochs on "
-                                f"{images} training images, subsampled baselines and a "
+                                f"{images} training images{fewer}, subsampled baselines and a "
                                 "shortened probe. Its numbers show the pipeline works; they are not the study "
                                 "reproduced. Run `daelab reproduce` for that.")]
     if config and (train.get("epochs") != study.EPOCHS or train.get("subset")):
@@ -380,7 +503,7 @@ def blocks_from(run_dir: Path, inputs: dict) -> list[Block]:
     blocks.append(Block("headline", "Headline", items=_headline(config, inputs["metrics"], evaluation, probe,
                                                                 comparisons)))
     blocks += _model_section(config)
-    blocks += _training_section(run_dir, config, inputs["metrics"])
+    blocks += _training_section(run_dir, config, inputs["metrics"], state)
     blocks += _denoising_section(evaluation)
     blocks += _probe_section(probe)
     blocks += _study_section(evaluation, probe, comparisons)
