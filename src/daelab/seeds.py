@@ -18,7 +18,7 @@ changes the numbers a run produces.
 | ``CLASSIFIER_DATA`` | ``SeedSequence([seed, 1])`` | a probe classifier's batch order and dropout |
 | ``BOOTSTRAP`` | ``SeedSequence([seed, 2])`` | the resamples of the probe's intervals |
 | ``PATCHES`` | ``SeedSequence([seed, 3, epoch])`` | an epoch's random patches of an image folder |
-| ``IMAGE_NOISE`` | ``SeedSequence([seed, 4, crc32(spec), crc32(name)])`` | the image evaluation's noise, per image and spec |
+| ``IMAGE_NOISE`` | ``SeedSequence([seed, 4, crc32(spec), crc32(name)])`` | image evaluation noise, per image and spec |
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def bootstrap_rng(seed: int) -> np.random.Generator:
 
 
 def patch_rng(seed: int, epoch: int = 0) -> np.random.Generator:
-    """The NumPy generator of the :data:`PATCHES` stream: which patches (image, position, flip) epoch ``epoch`` draws."""
+    """The NumPy generator of the :data:`PATCHES` stream: the patches (image, position, flip) of epoch ``epoch``."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), PATCHES, int(epoch)]))
 
 

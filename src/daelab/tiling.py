@@ -23,7 +23,7 @@ from daelab.errors import UsageError
 
 
 def tile_weights(length: int, overlap: int, margin: int, start_cut: bool, end_cut: bool) -> np.ndarray:
-    """1-D weights of one tile side: 0 over ``margin`` px at a cut edge, a ramp over ``overlap - 2 margin`` px, then 1."""
+    """1-D weights of a tile side: 0 over ``margin`` px at a cut edge, a ramp over ``overlap - 2 margin`` px, then 1."""
     weights = np.ones(length, np.float32)
     ramp_length = overlap - 2 * margin
     ramp = (np.arange(ramp_length, dtype=np.float32) + 1.0) / (ramp_length + 1.0)    # strictly in (0, 1)

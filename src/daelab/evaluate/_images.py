@@ -188,8 +188,8 @@ def format_images_markdown(result: dict) -> str:
     for spec in result["noise"]:
         rows = [row for row in result["image_results"] if row["noise"] == spec]
         reference = result["published"].get(spec, {})
-        lines += [f"## {spec}", "", "| method | PSNR (dB) | SSIM | s / image |" + (" published PSNR |" if reference else ""),
-                  "|---|---|---|---|" + ("---|" if reference else "")]
+        header = "| method | PSNR (dB) | SSIM | s / image |" + (" published PSNR |" if reference else "")
+        lines += [f"## {spec}", "", header, "|---|---|---|---|" + ("---|" if reference else "")]
         for row in rows:
             extra = f" {reference[row['method']]:.2f} |" if row["method"] in reference else (" |" if reference else "")
             lines.append(f"| {row['method']} | {row['psnr']:.2f} | {row['ssim']:.4f} | {row['seconds_per_image']:.3f} |"
