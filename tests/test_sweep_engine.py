@@ -113,7 +113,6 @@ def _worker_main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import make_synthetic
-
     from daelab.sweep import read_spec, run_sweep
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec_path, log_path = argv[0], argv[1]
@@ -311,6 +310,39 @@ def test_a_second_trial_of_one_point_is_pruned_as_duplicate(tmp_path, tiny_datas
     assert Counter(key for _, stage, key in read_log(log) if stage == "train") == {spec.key(p): 1 for p in spec.points}
 
 
+def test_an_interrupted_sweep_resumes_its_trial_first(tmp_path, tiny_dataset, monkeypatch):
+    """Ctrl-C in a trial's training: the trial ends FAIL and the command stops; run again, that point is
+    queued first and its training continues from last.pt instead of starting over."""
+    import daelab.train
+    from daelab.errors import TrainingInterrupted
+    from daelab.sweep import open_study, read_spec, run_sweep
+    spec = read_spec(write_spec(tmp_path, TINY.replace('["gaussian", "masking"]', '["gaussian"]')))
+    real_fit, calls = daelab.train.fit, []
+
+    def stopped(model_config, config, run_dir, **kwargs):  # one epoch checkpointed, then Ctrl-C
+        real_fit(model_config, config, run_dir, **kwargs)
+        raise TrainingInterrupted("stopped at epoch 1", kwargs.get("resume_hint"))
+
+    def counted(model_config, config, run_dir, **kwargs):
+        result = real_fit(model_config, config, run_dir, **kwargs)
+        calls.append((Path(run_dir).name, kwargs["resume"], result["epochs_run"]))
+        return result
+
+    monkeypatch.setattr(daelab.train, "fit", stopped)
+    with pytest.raises(TrainingInterrupted) as caught:
+        run_sweep(spec, progress=False, dataset=tiny_dataset)
+    assert "daelab sweep" in caught.value.hint
+    first = open_study(spec).get_trials()
+    assert [t.state.name for t in first] == ["FAIL"]
+    monkeypatch.setattr(daelab.train, "fit", counted)
+    rows = run_sweep(spec, progress=False, dataset=tiny_dataset)
+    trials = open_study(spec).get_trials()
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].user_attrs["key"] == first[0].user_attrs["key"]
+    assert calls[0] == (first[0].user_attrs["key"], True, 1)  # resumed: the one epoch kept, none retrained
+    assert all(row["state"] == "COMPLETE" for row in rows)
+    assert sorted(row["retries"] for row in rows) == [0, 1]
+
+
 def test_storage_that_cannot_open_is_one_line(tmp_path):
     from daelab.errors import UsageError
     from daelab.sweep import open_study, read_spec
@@ -321,6 +353,7 @@ def test_storage_that_cannot_open_is_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ many workers
+@pytest.mark.slow
 def test_two_workers_on_sqlite_run_each_point_once(tmp_path):
     spec, log = write_spec(tmp_path), tmp_path / "stages.log"
     procs = [start_worker(spec, log, name=f"w{i}") for i in range(2)]
@@ -330,6 +363,7 @@ def test_two_workers_on_sqlite_run_each_point_once(tmp_path):
     assert len({pid for pid, _, _ in read_log(log)}) >= 1
 
 
+@pytest.mark.slow
 def test_a_sigkilled_worker_trial_is_retried_and_resumed(tmp_path):
     """Worker A is killed in a trial's evaluate stage (its training done): the trial stays RUNNING until its
     heartbeat is older than the grace period, then worker B fails it, runs its retry and resumes the run
@@ -414,6 +448,7 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_on_postgresql_run_each_point_once(tmp_path, postgres_url):
     spec, log = write_spec(tmp_path), tmp_path / "stages.log"
     procs = [start_worker(spec, log, storage=postgres_url, name=f"w{i}") for i in range(2)]

@@ -238,7 +238,7 @@ def _earlier_holder(spec: SweepSpec, study, number: int, key: str, poll: float) 
             found = _trial_key(spec, trial)
             if found == key:
                 return trial.number
-            if trial.state.name == "RUNNING" and "key" not in trial.user_attrs:
+            if trial.state.name == "RUNNING" and "key" not in trial.user_attrs and _young(trial, spec.grace):
                 unknown = True  # created, its point not recorded yet
         if not unknown:
             return None
@@ -246,6 +246,19 @@ def _earlier_holder(spec: SweepSpec, study, number: int, key: str, poll: float) 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+
+
+def _young(trial, grace: float) -> bool:
+    """Whether ``trial`` started less than ``grace`` seconds ago.
+
+    A worker records its trial's point within moments of creating it; one killed in between (before
+    its first heartbeat, so the heartbeat never fails that trial) leaves a trial that holds nothing.
+    """
+    started = trial.datetime_start
+    if started is None:
+        return True
+    now = _dt.datetime.now(started.tzinfo) if started.tzinfo else _dt.datetime.now()
+    return (now - started).total_seconds() < grace
 
 
 # ------------------------------------------------------------------------------------ one trial
@@ -442,13 +455,13 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, threads: int = 0, pro
         fresh = [key for key in pending if not states[key] & {"RUNNING", "WAITING", "FAIL"}]
         failed = [key for key in pending if key not in tried_here and not states[key] & {"RUNNING", "WAITING"}
                   and "FAIL" in states[key]]
-        if not waiting and not fresh and failed:
-            # a point whose trial failed (not by a dead worker, or past its retries): queue it once more
+        if not waiting and failed:
+            # a point whose trial failed (stopped, not by a dead worker, or past its retries): queue it
+            # once more, before the fresh points (an interrupted sweep resumes where it stopped)
             key = failed[0]
-            point = next(p for p in spec.points if spec.key(p) == key)
-            last = max(t.number for t in groups[key])
-            log.info("%s: trial %d failed; queued again", spec.label(point), last)
-            study.enqueue_trial(point, user_attrs={"key": key, "retry_of": last})
+            last = max((t for t in groups[key] if t.state.name == "FAIL"), key=lambda t: t.number)
+            log.info("%s: trial %d failed; queued again", spec.label(spec.point_of(last.params)), last.number)
+            _queue_again(study, last)
             tried_here.add(key)
             continue
         if waiting or fresh:
@@ -465,6 +478,19 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, threads: int = 0, pro
     rows = sweep_rows(spec, study)
     write_report(spec, rows)
     return rows
+
+
+def _queue_again(study, failed) -> None:
+    """Queue a copy of the ``failed`` trial (``WAITING``), as Optuna's retry callback does for a dead worker's.
+
+    Its grid point's system attributes go with it (``study.enqueue_trial`` would leave out the
+    ``grid_id`` that GridSampler reads when the trial ends).
+    """
+    optuna = _optuna()
+    system_attrs = {**failed.system_attrs, "failed_trial": failed.system_attrs.get("failed_trial", failed.number)}
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=failed.params, distributions=failed.distributions,
+        user_attrs={**failed.user_attrs, "retry_of": failed.number}, system_attrs=system_attrs))
 
 
 def _one_trial(spec: SweepSpec, study, dataset, progress: bool, threads: int, poll: float, tried_here: set) -> None:
@@ -485,7 +511,7 @@ def _one_trial(spec: SweepSpec, study, dataset, progress: bool, threads: int, po
             raise optuna.TrialPruned(f"duplicate of trial {holder}")
         tried_here.add(key)
         frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-        retry_of = frozen.system_attrs.get("failed_trial", frozen.user_attrs.get("retry_of"))
+        retry_of = frozen.user_attrs.get("retry_of", frozen.system_attrs.get("failed_trial"))
         if retry_of is not None:
             log.info("%s: retrying trial %s (its worker died or it failed); resuming its run directory",
                      label, retry_of)

@@ -103,7 +103,8 @@ class SweepSpec:
         return None
 
     def configs(self, point: dict) -> dict:
-        """``{"model": ModelConfig, "train": TrainConfig, "evaluate": EvalConfig, "probe": ProbeConfig}`` of ``point``."""
+        """The configs of ``point``: ``{"model": ModelConfig, "train": TrainConfig, "evaluate": EvalConfig,
+        "probe": ProbeConfig}``."""
         return dict(self._configs[self.key(point)])
 
     def run_dir(self, point: dict, out: str | os.PathLike | None = None) -> Path:
@@ -233,11 +234,13 @@ def _read_report(report: dict, grid: dict, where: str) -> dict:
            "heatmap": report.get("heatmap", axes[:2] if len(axes) > 1 else None)}
     for name in ("x", "group"):
         if out[name] is not None and out[name] not in grid:
-            raise ConfigError(f"{where}: [report] {name} = {out[name]!r} is not a grid axis", f"axes: {', '.join(axes)}")
+            raise ConfigError(f"{where}: [report] {name} = {out[name]!r} is not a grid axis",
+                              f"axes: {', '.join(axes)}")
     heat = out["heatmap"]
     if heat is not None:
         if not isinstance(heat, list) or len(heat) != 2 or any(a not in grid for a in heat) or heat[0] == heat[1]:
-            raise ConfigError(f"{where}: [report] heatmap must name two different grid axes", f"axes: {', '.join(axes)}")
+            raise ConfigError(f"{where}: [report] heatmap must name two different grid axes",
+                              f"axes: {', '.join(axes)}")
     return out
 
 
@@ -265,7 +268,8 @@ def _build(point: dict, sections: dict, classes: dict, where: str) -> dict:
     if kind is not None or level is not None:
         base = str(values["train"].get("noise", classes["train"]().noise))
         base_kind, _, base_level = base.partition(":")
-        values["train"]["noise"] = f"{kind if kind is not None else base_kind}:{level if level is not None else base_level}"
+        kind = base_kind if kind is None else kind
+        values["train"]["noise"] = f"{kind}:{base_level if level is None else level}"
     try:
         return {section: build_config(classes[section], {section: values[section]}, None, section)
                 for section in CONFIG_SECTIONS}
