@@ -50,14 +50,12 @@ def add_parser(sub, formatter_class, summary: str) -> None:
 
 def _run(args) -> int:
     from daelab.sweep import read_spec, report_only, run_sweep
-    from daelab.sweep._engine import dashboard_hint, storage_url
     if args.threads < 0:
         raise UsageError("--threads must be >= 0")
     spec = read_spec(args.spec, out=args.out)
     if args.report_only:
         rows = report_only(spec, args.storage)
     else:
-        print(dashboard_hint(storage_url(spec, args.storage)), flush=True)
         rows = run_sweep(spec, storage=args.storage, threads=args.threads, progress=args.progress)
     print(format_table(rows, spec.objective))
     html = Path(spec.out) / "sweep.html"
@@ -72,8 +70,7 @@ def format_table(rows: list[dict], objective: str) -> str:
               "-" if row["value"] is None else f"{row['value']:.4f}",
               "-" if row["seconds"] is None else f"{row['seconds']:.0f}", str(row["retries"])] for row in rows]
     widths = [max(len(header[i]), *(len(line[i]) for line in lines)) for i in range(len(header))]
-    out = ["  ".join(text.ljust(width) for text, width in zip(header, widths))]
-    out += ["  ".join(text.ljust(width) for text, width in zip(line, widths)) for line in lines]
+    out = ["  ".join(text.ljust(width) for text, width in zip(cells, widths)).rstrip() for cells in [header, *lines]]
     done = sum(row["state"] == "COMPLETE" for row in rows)
     out.append(f"{done} of {len(rows)} grid points complete")
     return "\n".join(out)
