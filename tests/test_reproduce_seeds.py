@@ -101,11 +101,8 @@ def test_probe_and_evaluation_are_over_both_daes(two_daes):
     assert linear["interval_over"]["dae_seeds"] == 2 and linear["scope"] == "over 2 trained DAEs"
     assert state["stages"]["probe"]["dae_seeds"] == [0, 1]
     evaluation = read_json(run_dir / "evaluation.json")
-    import daelab.evaluate
-    if hasattr(daelab.evaluate, "evaluate_daes"):  # the DAE-seeds evaluation, where this daelab has it
-        assert evaluation["dae_seeds"]["seeds"] == [0, 1] and state["stages"]["evaluate"]["dae_seeds"] == [0, 1]
-    else:
-        assert "dae_seeds" not in evaluation and state["stages"]["evaluate"]["dae_seeds"] == [0]
+    assert evaluation["dae_seeds"]["seeds"] == [0, 1] and state["stages"]["evaluate"]["dae_seeds"] == [0, 1]
+    assert evaluation["dae_seeds"]["run_dirs"] == probe["run_dirs"] and (run_dir / "evaluation_daes.npz").is_file()
 
 
 def test_report_shows_the_design_and_every_dae(two_daes):
@@ -122,10 +119,14 @@ def test_report_shows_the_design_and_every_dae(two_daes):
     assert "5 classifier seeds" not in markdown and "2 classifier seeds x 100 test images" in markdown  # raw's row
     assert "training (DAE seeds)" in markdown and "train (2 DAEs)" in markdown
     evaluation = read_json(run_dir / "evaluation.json")
-    if "dae_seeds" in evaluation:
-        assert "### Over 2 trained DAEs (seeds 0, 1)" in markdown
-        level = evaluation["dae_seeds"]["levels"][0]
-        assert f"{level['dae']['psnr']['mean']:.2f} [{level['dae']['psnr']['lo']:.2f}" in markdown
+    assert "### Over 2 trained DAEs (seeds 0, 1)" in markdown
+    level = evaluation["dae_seeds"]["levels"][0]
+    per_dae = " / ".join(f"{d['psnr']:.2f}" for d in level["per_dae"])
+    assert f"| {level['noise']} | 2 | {level['dae']['psnr']['mean']:.2f} [{level['dae']['psnr']['lo']:.2f}" in markdown
+    assert per_dae in markdown
+    # R_loss at P = 0.2 is judged on the MSE over both DAEs
+    images = evaluation["dae_seeds"]["interval_over"]["test_images"]
+    assert "R_loss at uniform P = 0.2" in markdown and f"over 2 DAEs x {images:,} test images" in markdown
     # the study's printed accuracies are judged on the design interval, and say so
     sentence = next(line for line in markdown.splitlines() if "printed test accuracy on codes" in line
                     and line.startswith("The study's"))

@@ -281,26 +281,12 @@ def _save_train_progress(run_dir: Path, daes: list[dict]) -> None:
 
 
 def _evaluate(run_dir: Path, settings: dict, dataset: Dataset | None, progress: bool) -> dict:
-    evaluation = evaluate_daes(dae_run_dirs(run_dir, settings["dae_seeds"]), settings["evaluate"], dataset, progress)
+    from daelab.evaluate import evaluate_daes  # one DAE: exactly evaluate_run; several: a dae_seeds section too
+    evaluation = evaluate_daes(dae_run_dirs(run_dir, settings["dae_seeds"]), settings["evaluate"], dataset=dataset,
+                               progress=progress)
     over = evaluation.get("dae_seeds", {}).get("seeds") or settings["dae_seeds"][:1]
     return {"settings": to_jsonable(settings["evaluate"]), "dae_seeds": over,
-            "outputs": ["evaluation.json", "evaluation.md"]}
-
-
-def evaluate_daes(run_dirs: list[Path], config, dataset: Dataset | None, progress: bool) -> dict:
-    """The evaluate stage over the DAEs: :func:`daelab.evaluate.evaluate_daes` where this daelab has it.
-
-    Without it (an installation older than the DAE-seeds evaluation) the first DAE alone is evaluated, as
-    before: the denoising intervals are then over its test images only, and ``evaluation.json`` has no
-    ``dae_seeds`` section.
-    """
-    import daelab.evaluate as evaluate
-    if hasattr(evaluate, "evaluate_daes"):
-        return evaluate.evaluate_daes(run_dirs, config, dataset=dataset, progress=progress)
-    if len(run_dirs) > 1:
-        log.warning("evaluate: this daelab evaluates the first DAE only; the denoising intervals are over its "
-                    "test images, not over the %d DAE seeds", len(run_dirs))
-    return evaluate.evaluate_run(run_dirs[0], config, dataset=dataset, progress=progress)
+            "outputs": ["evaluation.json", "evaluation.md"] + (["evaluation_daes.npz"] if len(over) > 1 else [])}
 
 
 def _probe(run_dir: Path, settings: dict, dataset: Dataset | None, progress: bool) -> dict:
