@@ -452,14 +452,14 @@ def run_sweep(spec: SweepSpec, storage: str | None = None, threads: int = 0, pro
             break
         waiting = [key for key in pending if "WAITING" in states[key]]
         running = [key for key in pending if "RUNNING" in states[key] and "WAITING" not in states[key]]
-        fresh = [key for key in pending if not states[key] & {"RUNNING", "WAITING", "FAIL"}]
-        failed = [key for key in pending if key not in tried_here and not states[key] & {"RUNNING", "WAITING"}
-                  and "FAIL" in states[key]]
+        fresh = [key for key in pending if not states[key]]  # no trial yet: GridSampler has them to hand out
+        failed = [key for key in pending if key not in tried_here and states[key]
+                  and not states[key] & {"RUNNING", "WAITING"}]  # only FAIL (or PRUNED) trials
         if not waiting and failed:
             # a point whose trial failed (stopped, not by a dead worker, or past its retries): queue it
             # once more, before the fresh points (an interrupted sweep resumes where it stopped)
             key = failed[0]
-            last = max((t for t in groups[key] if t.state.name == "FAIL"), key=lambda t: t.number)
+            last = max(groups[key], key=lambda t: (t.state.name == "FAIL", t.number))
             log.info("%s: trial %d failed; queued again", spec.label(spec.point_of(last.params)), last.number)
             _queue_again(study, last)
             tried_here.add(key)
@@ -490,7 +490,8 @@ def _queue_again(study, failed) -> None:
     system_attrs = {**failed.system_attrs, "failed_trial": failed.system_attrs.get("failed_trial", failed.number)}
     study.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.WAITING, params=failed.params, distributions=failed.distributions,
-        user_attrs={**failed.user_attrs, "retry_of": failed.number}, system_attrs=system_attrs))
+        user_attrs={**{k: v for k, v in failed.user_attrs.items() if k != "duplicate_of"}, "retry_of": failed.number},
+        system_attrs=system_attrs))
 
 
 def _one_trial(spec: SweepSpec, study, dataset, progress: bool, threads: int, poll: float, tried_here: set) -> None:
