@@ -40,7 +40,8 @@ TRAIN_SAMPLES, STUDY_EPOCHS = 60000, 100
 def run_study(run_dir: Path, quick: bool, data_dir: str | None) -> tuple[dict, dict, float]:
     """``daelab reproduce`` into ``run_dir`` as a user runs it: its reproduce.json, the probe's
     headline comparison (codes vs raw pixels) and the wall seconds."""
-    cmd = [sys.executable, "-m", "daelab", "reproduce", "--run-dir", str(run_dir), "--no-progress"]
+    # one DAE, as the plain loop trains one (the default study trains 3: --dae-seeds)
+    cmd = [sys.executable, "-m", "daelab", "reproduce", "--run-dir", str(run_dir), "--no-progress", "--dae-seeds", "1"]
     cmd += ["--quick"] if quick else []
     cmd += ["--data-dir", data_dir] if data_dir else []
     began = time.perf_counter()

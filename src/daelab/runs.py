@@ -199,8 +199,9 @@ TRAINING_FILES = (LAST, BEST, METRICS_FILE, CONFIG_FILE)
 # What the later stages write beside them (daelab.evaluate, daelab.probe, daelab.report): after a
 # new training run they would describe a model that is gone.
 STAGE_FILES = ("evaluation.json", "evaluation.md", "probe.json", "probe.md", "report.html", "report.md")
-# Also removed by an overwrite: the loss curve, the stage folders, and reproduce's stage record.
-OTHER_OUTPUTS = ("loss_curve.png", "reproduce.json")
+# Also removed by an overwrite: the loss curve, the stage folders, reproduce's stage record, and the per-image
+# arrays evaluate and probe keep beside their JSON.
+OTHER_OUTPUTS = ("loss_curve.png", "reproduce.json", "probe_correct.npz", "evaluation_daes.npz")
 OUTPUT_TREES = ("tensorboard", "figures")
 
 
