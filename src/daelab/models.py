@@ -30,7 +30,11 @@ class ModelConfig:
     dropout: float = field(default=0.2, metadata={"help": "dropout after each encoder hidden layer but the last"})
     negative_slope: float = field(default=0.3, metadata={"help": "LeakyReLU slope (Keras' default alpha)"})
     init_std: float = field(default=0.05, metadata={"help": "std of the Gaussian weight init (Keras 'random_normal')"})
-    channels: int = field(default=32, metadata={"help": "base channel count of the conv model"})
+    channels: int = field(default=32, metadata={"help": "base channel count of the conv model; the width of the "
+                                                        "dncnn and ffdnet models"})
+    depth: int = field(default=17, metadata={"help": "convolution layers of the dncnn and ffdnet models (>= 2)"})
+    batch_norm: bool = field(default=True, metadata={"help": "BatchNorm after the inner convolutions of the dncnn "
+                                                            "and ffdnet models"})
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -41,6 +45,8 @@ class ModelConfig:
             raise ConfigError("layer widths and image size must be positive integers")
         if (self.input_dim is not None and self.input_dim < 1) or self.channels < 1:
             raise ConfigError("input-dim and channels must be positive integers")
+        if self.depth < 2:
+            raise ConfigError(f"depth {self.depth} is too small", "use --depth 2 or more (a first and a last conv)")
 
     @property
     def n_inputs(self) -> int:
@@ -351,3 +357,85 @@ class ConvDAE(nn.Module):
 @register_model("conv")
 def _build_conv(config: ModelConfig) -> nn.Module:
     return ConvDAE(config)
+
+
+# ------------------------------------------------------------------------------ natural images
+class ResidualDenoiser(nn.Module):
+    """A plain residual conv stack that predicts the noise: ``denoised = noisy - net(noisy)``, any H, W.
+
+    ``scale = 1`` is DnCNN-like (Zhang et al. 2017): conv 1->c + ReLU, ``depth - 2`` times conv c->c
+    (+ BatchNorm) + ReLU, conv c->1, all 3x3 at full resolution. ``scale = 2`` is FFDNet-like (Zhang
+    et al. 2018) without the noise-level map (blind, as DnCNN-B): PixelUnshuffle(2) folds each 2x2
+    block into 4 channels, the same stack runs at half resolution (4 -> c ... c -> 4, a quarter of
+    the pixels per 3x3 conv), and PixelShuffle(2) unfolds the predicted noise; odd sides are padded
+    by edge replication and the output cropped back.
+
+    Inputs are unclipped noisy images on the [0, 1] scale (the Set12 protocol's ``awgn``). Training
+    sees the unclipped residual output (the loss wants its gradient everywhere); in eval mode the
+    output is clipped to [0, 1], as every daelab model's output lies there. The last conv starts at
+    zero, so the untrained model is the identity. ``reach`` is how many pixels from an output pixel
+    the receptive field extends (``depth`` at full resolution; at half resolution each conv reaches
+    two pixels and the 2x2 block one more): :func:`daelab.tiling.tile_apply` with ``margin >= reach``
+    gives the whole-image output.
+    """
+
+    input_layout = "image"
+
+    def __init__(self, config: ModelConfig, scale: int):
+        super().__init__()
+        self.config, self.scale = config, scale
+        c, folded = config.channels, scale * scale
+        layers: list[nn.Module] = [nn.Conv2d(folded, c, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(config.depth - 2):
+            layers.append(nn.Conv2d(c, c, 3, padding=1, bias=not config.batch_norm))
+            if config.batch_norm:
+                layers.append(nn.BatchNorm2d(c))
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Conv2d(c, folded, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+        for module in self.body:
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.body[-1].weight)  # start as the identity map
+        self.code_dim = c
+        self.reach = config.depth if scale == 1 else 2 * config.depth + 1
+        self.to(memory_format=torch.channels_last)  # oneDNN's convolutions are faster in it on a CPU
+
+    def _fold(self, images: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1:
+            return images
+        height, width = images.shape[-2:]
+        pad_h, pad_w = -height % self.scale, -width % self.scale
+        if pad_h or pad_w:
+            images = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+        return nn.functional.pixel_unshuffle(images, self.scale)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) -> the last hidden feature map (N, c, H/scale, W/scale)."""
+        return self.body[:-1](self._fold(images).contiguous(memory_format=torch.channels_last))
+
+    def decode(self, codes: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """The predicted noise (N, 1, H, W) of feature maps; with ``images``, the denoised images."""
+        noise = self.body[-1](codes)
+        if self.scale > 1:
+            noise = nn.functional.pixel_shuffle(noise, self.scale)
+        if images is None:
+            return noise
+        denoised = images - noise[..., : images.shape[-2], : images.shape[-1]]
+        return denoised if self.training else denoised.clamp(0.0, 1.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) noisy images -> (N, 1, H, W) denoised (clipped to [0, 1] in eval mode)."""
+        return self.decode(self.encode(images), images)
+
+
+@register_model("dncnn")
+def _build_dncnn(config: ModelConfig) -> nn.Module:
+    return ResidualDenoiser(config, scale=1)
+
+
+@register_model("ffdnet")
+def _build_ffdnet(config: ModelConfig) -> nn.Module:
+    return ResidualDenoiser(config, scale=2)

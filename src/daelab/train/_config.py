@@ -19,6 +19,13 @@ from daelab.seeds import STRIDE
 
 PRECISIONS = ("auto", "fp32", "bf16")
 KERNELS = ("auto", "torch")
+LR_SCHEDULES = ("constant", "cosine")
+# What training on an image folder uses when the patch settings are not given (the natural models' defaults).
+DEFAULT_PATCH_SIZE = 40
+DEFAULT_PATCHES_PER_EPOCH = 12_800
+DEFAULT_VAL_PATCHES = 512
+# The cosine schedule ends at this fraction of --lr.
+COSINE_FLOOR = 0.01
 
 # Each epoch's order is drawn from seed * STRIDE + epoch (daelab.seeds.epoch_order_seed), and torch
 # seeds are at most 2**64 - 1: this keeps every derived seed below 2**63 for any realistic epoch count.
@@ -67,6 +74,19 @@ class TrainConfig:
                                                          "metavar": "PATH"})
     sync_bn: bool = field(default=False, metadata={"help": "under torchrun, synchronise BatchNorm statistics "
                                                            "across processes"})
+    patch_size: int | None = field(default=None, metadata={
+        "help": "training on an image folder (--data-dir DIR of PNG/JPEG): side of the random patches drawn each "
+                f"epoch (default {DEFAULT_PATCH_SIZE}); refused for other data"})
+    patches_per_epoch: int | None = field(default=None, metadata={
+        "help": f"training on an image folder: patches drawn per epoch (default {DEFAULT_PATCHES_PER_EPOCH:,}; "
+                f"validation: --val-subset patches, default {DEFAULT_VAL_PATCHES}); refused for other data"})
+    val_dir: str | None = field(default=None, metadata={
+        "help": "training on an image folder: validate on fixed noisy patches of this folder's images (default: "
+                "of the --val-split held-out images, or of the training images when val-split is 0)",
+        "metavar": "DIR"})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": f"learning rate per epoch: constant, or cosine from --lr down to {COSINE_FLOOR:g} x --lr at the "
+                "last epoch", "choices": LR_SCHEDULES})
 
     def __post_init__(self):
         checks = [
@@ -84,11 +104,26 @@ class TrainConfig:
             (self.threads <= max_threads(), f"threads {self.threads} is more than this machine can use",
              f"use --threads 0 (PyTorch's default) or at most {max_threads()} ({THREADS_PER_CPU} per CPU)"),
             (self.checkpoint_every >= 0, "checkpoint-every must be >= 0", None),
+            (self.patch_size is None or self.patch_size >= 1, "patch-size must be >= 1", None),
+            (self.patches_per_epoch is None or self.patches_per_epoch >= 1, "patches-per-epoch must be >= 1", None),
+            (self.lr_schedule in LR_SCHEDULES, f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}", None),
         ]
         for ok, message, hint in checks:
             if not ok:
                 raise ConfigError(message, hint)
         parse_noise(self.noise)  # validates the spec early, with its own clear error
+
+
+def epoch_lr(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of epoch ``epoch`` (0-based) under ``config.lr_schedule``.
+
+    ``constant`` is ``config.lr``; ``cosine`` falls from ``lr`` at epoch 0 to ``COSINE_FLOOR * lr`` at
+    the last epoch along half a cosine (so raising ``--epochs`` on a resume stretches what is left).
+    """
+    if config.lr_schedule == "constant" or config.epochs == 1:
+        return config.lr
+    floor = COSINE_FLOOR * config.lr
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * epoch / (config.epochs - 1)))
 
 
 def resolve_device(name: str) -> torch.device:

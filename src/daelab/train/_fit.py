@@ -34,7 +34,7 @@ from daelab.models import ModelConfig, build_model, example_input
 from daelab.noise import NoiseModel, parse_noise
 from daelab.runs import CONFIG_FILE, RunLock, claim_run_dir, make_run_dir, remove_temp_files, write_json, write_metrics
 from daelab.seeds import MODEL_INIT, TRAIN_NOISE
-from daelab.train._config import TrainConfig, resolve_device, resolve_precision
+from daelab.train._config import TrainConfig, epoch_lr, resolve_device, resolve_precision
 from daelab.train._data import TrainData, prepare_data, usable_samples
 from daelab.train._precision import WeightPolicy
 from daelab.train._signals import StopSignals
@@ -250,13 +250,17 @@ def train_one_epoch(setup: FitSetup, state: FitState, stop_event: threading.Even
         ``train_loss`` (mean over samples, averaged over ranks) and ``epoch_seconds`` (slowest rank).
     """
     config, ctx = setup.config, setup.ctx
-    order = dist.epoch_order(len(setup.data.train), config.seed, state.epoch, ctx, setup.device)[:setup.n_local]
+    clean = setup.data.for_epoch(state.epoch)  # an image folder's patches of this epoch; else the one tensor
+    if config.lr_schedule != "constant":
+        for group in setup.optimizer.param_groups:
+            group["lr"] = epoch_lr(config, state.epoch)
+    order = dist.epoch_order(len(clean), config.seed, state.epoch, ctx, setup.device)[:setup.n_local]
     if state.epoch_step == 0:
         state.totals = EpochTotals()
     with tqdm(total=setup.steps_per_epoch, initial=state.epoch_step, desc=f"epoch {state.epoch + 1}/{config.epochs}",
               unit="batch", leave=False, disable=not (progress and ctx.is_main), dynamic_ncols=True) as bar:
         while state.epoch_step < setup.steps_per_epoch:
-            done = train_steps(setup.policy, setup.optimizer, setup.data.train, order, setup.noise, setup.generator,
+            done = train_steps(setup.policy, setup.optimizer, clean, order, setup.noise, setup.generator,
                                config, setup.device, state.epoch_step, _chunk_end(setup, state.epoch_step),
                                None if ctx.enabled else stop_event, bar, setup.train_model)
             state.epoch_step += done.steps
@@ -294,7 +298,8 @@ def _validate(setup: FitSetup, state: FitState, totals: dict[str, float]) -> dic
                             f"validation loss {val_loss:.4g}, weights non-finite or past {DIVERGED_WEIGHT:g})",
                             f"the last good checkpoint is kept in {setup.run_dir}; try a lower --lr")
     return {"epoch": state.epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "epoch_seconds": seconds,
-            "samples_per_s": len(setup.data.train) / seconds if seconds else None, "lr": setup.config.lr}
+            "samples_per_s": len(setup.data.train) / seconds if seconds else None,
+            "lr": epoch_lr(setup.config, state.epoch)}
 
 
 def _end_epoch(setup: FitSetup, state: FitState, row: dict, writer) -> None:
