@@ -180,8 +180,11 @@ def _add_evaluate(sub) -> None:
                                    "noise families. Writes RUN_DIR/evaluation.json, evaluation.md and figures/.",
                        epilog="examples:\n  daelab evaluate runs/exp1\n"
                               "  daelab evaluate runs/exp1 --noise uniform:0.1 gaussian:0.2 --denoisers tv,nlm\n"
-                              "  daelab evaluate runs/exp1 --denoisers none --robustness none")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory written by 'daelab train'")
+                              "  daelab evaluate runs/exp1 --denoisers none --robustness none\n"
+                              "  daelab evaluate runs/study runs/study/daes/seed-*   # over 3 DAE seeds")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="a run directory written by 'daelab train'; several DAEs of one config that differ only "
+                        "in --seed add intervals over DAE seeds x images to the first one's evaluation.json")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML/YAML/JSON file with an [evaluate] section; "
                                                                "explicit flags win")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -196,18 +199,22 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from daelab.evaluate import EvalConfig, evaluate_run
+    from daelab.evaluate import EvalConfig, evaluate_daes
     for name in ("noise", "robustness"):
         if getattr(args, name) is not None:
             setattr(args, name, " ".join(getattr(args, name)))
     file_values = _read_config(args.config) if args.config else None
     config = build_config(EvalConfig, file_values, args, "evaluate")
-    result = evaluate_run(args.run_dir, config, progress=not args.no_progress)
+    result = evaluate_daes(args.run_dirs, config, progress=not args.no_progress)
     for level in result["levels"]:
         methods = level["full"]["methods"]
         print(f"{level['noise']}: PSNR noisy {methods['noisy']['psnr']['mean']:.2f} dB, "
               f"DAE {methods['dae']['psnr']['mean']:.2f} dB (gain {level['psnr_gain']['dae']['mean']:+.2f})")
-    print(f"wrote {Path(args.run_dir) / 'evaluation.json'} and {len(result['figures'])} figure groups "
+    for level in (result.get("dae_seeds") or {}).get("levels", []):
+        psnr = level["dae"]["psnr"]
+        print(f"{level['noise']}: DAE {psnr['mean']:.2f} dB [{psnr['lo']:.2f}, {psnr['hi']:.2f}] over "
+              f"{len(level['per_dae'])} DAE seeds x images")
+    print(f"wrote {Path(args.run_dirs[0]) / 'evaluation.json'} and {len(result['figures'])} figure groups "
           f"in {result['timing']['total_seconds']:.1f}s")
     return 0
 
