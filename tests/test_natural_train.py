@@ -1,0 +1,178 @@
+"""Training the natural-image models on an image folder: the run, its loss, resume, refusals, the models, tiling."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from daelab import distributed as dist
+from daelab.checkpoint import LAST, load_checkpoint
+from daelab.cli import main
+from daelab.denoise import denoise_image
+from daelab.errors import ConfigError
+from daelab.models import ModelConfig, build_model, example_input
+from daelab.noise import parse_noise
+from daelab.runs import load_model, read_metrics
+from daelab.seeds import MODEL_INIT, TRAIN_NOISE
+from daelab.train import TrainConfig, fit, make_optimizer, make_training_policy, prepare_data, train_steps
+
+TINY = dict(depth=3, channels=4)
+
+
+def _write_folder(path, images):
+    path.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(path / f"img_{i:02d}.png")
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Six small grayscale PNGs of two sizes: smooth gradients with a bright square."""
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(6):
+        height, width = (20, 24) if i % 2 else (24, 20)
+        y, x = np.mgrid[:height, :width]
+        image = 60 + 100 * (x / width) * (0.5 + (i % 3) / 4) + 20 * (y / height)
+        top, left = rng.integers(0, 10, 2)
+        image[top:top + 8, left:left + 8] += 70
+        images.append(np.clip(image, 0, 255).astype(np.uint8))
+    return _write_folder(tmp_path_factory.mktemp("natural") / "train", images)
+
+
+def _config(data_dir, **overrides):
+    values = dict(epochs=2, batch_size=8, lr=3e-3, noise="awgn_range:0-55", patch_size=12, patches_per_epoch=48,
+                  val_split=0.34, val_subset=16, data_dir=str(data_dir), threads=1)
+    return TrainConfig(**{**values, **overrides})
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / LAST)["model"]
+
+
+@pytest.mark.parametrize("name", ["dncnn", "ffdnet"])
+def test_training_on_an_image_folder_writes_an_ordinary_run(tmp_path, folder, name):
+    result = fit(ModelConfig(name=name, **TINY), _config(folder), tmp_path, progress=False)
+    rows = read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2] and result["epochs_run"] == 2
+    assert all(r["epoch_seconds"] > 0 and r["samples_per_s"] > 0 for r in rows)
+    for file in ("config.json", "last.pt", "best.pt", "loss_curve.png"):
+        assert (tmp_path / file).stat().st_size > 0
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["model"]["name"] == name and written["train"]["patch_size"] == 12
+    model, state = load_model(tmp_path)
+    assert state["epoch"] == 2 and not model.training
+    assert model(torch.rand(1, 1, 15, 13)).shape == (1, 1, 15, 13)
+
+
+def test_each_epoch_draws_its_own_patches_and_validation_stays_fixed(folder):
+    data = prepare_data(_config(folder), "image", torch.device("cpu"))
+    first, val_clean, val_noisy = data.for_epoch(0).clone(), data.val_clean, data.val_noisy
+    assert first.shape == (48, 1, 12, 12) and val_clean.shape == (16, 1, 12, 12)
+    second = data.for_epoch(1)
+    assert not torch.equal(first, second)
+    assert torch.equal(data.for_epoch(0), first)       # an epoch's patches are a function of (seed, epoch)
+    again = prepare_data(_config(folder), "image", torch.device("cpu"))
+    assert torch.equal(again.val_noisy, val_noisy)     # the validation draw is fixed
+    assert (val_noisy - val_clean).abs().max() > 0
+
+
+def test_held_out_images_are_not_trained_on(tmp_path):
+    """With val-split, the last images (by name) give the validation patches and no training patch."""
+    images = [np.full((16, 16), 40 * (i + 1), np.uint8) for i in range(3)]
+    data_dir = _write_folder(tmp_path / "flat", images)
+    data = prepare_data(_config(data_dir, patch_size=8, val_split=0.34), "image", torch.device("cpu"))
+    held_out = 120 / 255.0
+    assert torch.allclose(data.val_clean, torch.full_like(data.val_clean, held_out))
+    assert not torch.isclose(data.for_epoch(0), torch.tensor(held_out)).any()
+
+
+def test_loss_falls_on_a_trivially_learnable_folder(tmp_path):
+    """Flat grey images: the noise is all there is to remove, and a tiny dncnn learns to remove it."""
+    data_dir = _write_folder(tmp_path / "grey", [np.full((24, 24), 128, np.uint8)] * 3)
+    fit(ModelConfig(name="dncnn", **TINY), _config(data_dir, noise="awgn:50", epochs=4, lr=1e-2, val_split=0.0),
+        tmp_path / "run", progress=False)
+    rows = read_metrics(tmp_path / "run")
+    noise_mse = (50 / 255) ** 2
+    assert rows[-1]["val_loss"] < 0.5 * noise_mse          # better than the noisy input by over 3 dB
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_resume_from_last_continues_to_the_same_weights(tmp_path, folder):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    model = ModelConfig(name="ffdnet", **TINY)
+    fit(model, _config(folder, epochs=3, lr_schedule="cosine"), straight, progress=False)
+    fit(model, _config(folder, epochs=1, lr_schedule="cosine"), split, progress=False)
+    fit(model, _config(folder, epochs=3, lr_schedule="cosine"), split, progress=False, resume=True)
+    a, b = _weights(straight), _weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["epoch"] for r in read_metrics(split)] == [1, 2, 3]
+    assert read_metrics(straight)[-1]["val_loss"] == read_metrics(split)[-1]["val_loss"]
+    lrs = [r["lr"] for r in read_metrics(straight)]
+    assert lrs[0] == 3e-3 and lrs[-1] == pytest.approx(3e-5) and lrs[0] > lrs[1] > lrs[2]
+
+
+def test_the_mlp_refuses_patch_options_in_one_line(tiny_dataset, tmp_path, folder, capsys):
+    with pytest.raises(ConfigError, match="applies to training on an image folder"):
+        fit(ModelConfig(), TrainConfig(epochs=1, patch_size=8), tmp_path / "a", dataset=tiny_dataset, progress=False)
+    with pytest.raises(ConfigError, match="flat MLP cannot train on"):
+        fit(ModelConfig(), _config(folder), tmp_path / "b", progress=False)
+    for argv in (["train", "--patches-per-epoch", "10", "--data-dir", str(tmp_path)],
+                 ["train", "--data-dir", str(folder), "--run-dir", str(tmp_path / "c")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("daelab: error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["dncnn", "ffdnet"])
+def test_models_are_fully_convolutional_and_predict_the_noise(name):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, **TINY))
+    noisy = torch.rand(2, 1, 13, 17) * 1.2 - 0.1      # unclipped, as awgn leaves it
+    model.eval()
+    assert torch.equal(model(noisy), noisy.clamp(0, 1))   # the last conv starts at zero: the identity
+    torch.nn.init.normal_(model.body[-1].weight, 0.0, 0.1)
+    model.train()
+    predicted_noise = model.decode(model.encode(noisy))[..., :13, :17]   # ffdnet's is padded to even sides
+    assert predicted_noise.shape == noisy.shape and predicted_noise.abs().max() > 0
+    torch.testing.assert_close(model(noisy), noisy - predicted_noise)
+    model.eval()
+    for shape in [(1, 1, 7, 9), (3, 1, 32, 21)]:
+        out = model(torch.rand(shape))
+        assert out.shape == shape and out.min() >= 0 and out.max() <= 1
+    assert example_input(model).shape[1] == 1
+
+
+@pytest.mark.parametrize("name", ["dncnn", "ffdnet"])
+def test_tiled_denoising_equals_the_whole_image(name):
+    """denoise_image tiles these models through tile_apply with a margin of their reach: exact, seamless."""
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(name=name, **TINY)).eval()
+    torch.nn.init.normal_(model.body[-1].weight, 0.0, 0.1)
+    image = np.random.default_rng(0).random((75, 61)).astype(np.float32)
+    with torch.inference_mode():
+        whole = model(torch.from_numpy(image)[None, None])[0, 0].numpy()
+    tiled = denoise_image(model, image, tile=24, overlap=4)
+    assert tiled.shape == image.shape
+    assert np.abs(tiled - whole).max() < 1e-5
+
+
+def test_fashion_mlp_training_is_the_plain_loop(tmp_path, tiny_dataset):
+    """The MLP's fit (tensor data, constant lr) is exactly the study's loop: same steps, same weights."""
+    config = TrainConfig(epochs=1, batch_size=64, seed=3, kernels="torch", precision="fp32", threads=1)
+    trained = fit(ModelConfig(), config, tmp_path, dataset=tiny_dataset, progress=False)["model"]
+    device = torch.device("cpu")
+    torch.manual_seed(MODEL_INIT.seed(config.seed))
+    model = build_model(ModelConfig())
+    data = prepare_data(config, model.input_layout, device, tiny_dataset)
+    optimizer = make_optimizer(model, config)
+    generator = TRAIN_NOISE.generator(config.seed, 0, device)
+    policy = make_training_policy(model, optimizer, config, device)
+    ctx = dist.init("cpu")
+    order = dist.epoch_order(len(data.train), config.seed, 0, ctx, device)
+    steps = -(-len(order) // config.batch_size)
+    train_steps(policy, optimizer, data.train, order, parse_noise(config.noise), generator, config, device, 0, steps)
+    reference, got = model.state_dict(), trained.state_dict()
+    assert all(torch.equal(reference[k], got[k]) for k in reference)
