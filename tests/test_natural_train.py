@@ -176,3 +176,15 @@ def test_fashion_mlp_training_is_the_plain_loop(tmp_path, tiny_dataset):
     train_steps(policy, optimizer, data.train, order, parse_noise(config.noise), generator, config, device, 0, steps)
     reference, got = model.state_dict(), trained.state_dict()
     assert all(torch.equal(reference[k], got[k]) for k in reference)
+
+
+def test_denoise_files_takes_the_protocols_unclipped_noise(tmp_path, folder):
+    """``--add-noise awgn:S`` leaves values outside [0, 1]: the natural model gets them as they are."""
+    run = tmp_path / "run"
+    fit(ModelConfig(name="dncnn", **TINY), _config(folder, epochs=1), run, progress=False)
+    model, _ = load_model(run)
+    from daelab.denoise import denoise_files
+    results = denoise_files(model, [folder / "img_00.png"], out_dir=tmp_path / "out", add_noise="awgn:50")
+    assert results[0]["psnr_denoised"] is not None and (tmp_path / "out" / "img_00.denoised.png").exists()
+    with pytest.raises(Exception, match="values must lie in"):
+        denoise_image(model, np.full((8, 8), 1.5, np.float32))

@@ -64,13 +64,13 @@ def _starts(size: int, tile: int, stride: int) -> list[int]:
     return sorted(set(starts))
 
 
-def _check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
+def _check_image(image: np.ndarray, what: str = "image", in_range: bool = True) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 2:
         raise DataError(f"{what}: expected one grayscale image (H, W), got shape {image.shape}")
     if not np.isfinite(image).all():
         raise DataError(f"{what} contains NaN or infinite values")
-    if image.size and (image.min() < 0 or image.max() > 1):
+    if in_range and image.size and (image.min() < 0 or image.max() > 1):
         raise DataError(f"{what}: values must lie in [0, 1], found [{image.min():g}, {image.max():g}]",
                         "store images as uint8 or divide by 255")
     return image.astype(np.float32, copy=False)
@@ -85,7 +85,8 @@ def expected_shape(model: torch.nn.Module) -> tuple[int, int] | None:
 
 
 @torch.inference_mode()
-def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int = 256, overlap: int = 32) -> np.ndarray:
+def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int = 256, overlap: int = 32,
+                  unclipped: bool = False) -> np.ndarray:
     """Denoise one grayscale image.
 
     Parameters
@@ -95,12 +96,13 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int = 256, ov
     tile : largest tile side the conv model sees at once; larger images are cut into overlapping
         ``tile`` x ``tile`` tiles whose outputs are blended with linear ramps over ``overlap`` pixels.
     overlap : pixels shared by neighbouring tiles (< tile).
+    unclipped : accept values outside [0, 1] (an image with the protocol's unclipped ``awgn`` noise added).
 
     Returns
     -------
     (H, W) float32 array in [0, 1].
     """
-    image = _check_image(image)
+    image = _check_image(image, in_range=not unclipped)
     model.eval()
     device = next(model.parameters()).device
     shape = expected_shape(model)
@@ -173,15 +175,16 @@ def output_path(path: Path, kind: str, out_dir: Path | None) -> Path:
 
 
 @torch.inference_mode()
-def _denoise_array(model, array: np.ndarray, tile: int, overlap: int, batch_size: int = 1024) -> np.ndarray:
+def _denoise_array(model, array: np.ndarray, tile: int, overlap: int, batch_size: int = 1024,
+                   unclipped: bool = False) -> np.ndarray:
     if array.ndim == 2:
-        return denoise_image(model, array, tile, overlap)
+        return denoise_image(model, array, tile, overlap, unclipped)
     model.eval()
     if model.input_layout == "flat":  # a stack of small images: batch it rather than loop
         device = next(model.parameters()).device
         flat = torch.from_numpy(np.ascontiguousarray(array)).reshape(len(array), -1)
         return in_batches(model, flat, batch_size, device).reshape(array.shape).numpy()
-    return np.stack([denoise_image(model, image, tile, overlap) for image in array])
+    return np.stack([denoise_image(model, image, tile, overlap, unclipped) for image in array])
 
 
 def _flatten(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -238,7 +241,9 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
             clean = given
             given = {key: noise(torch.from_numpy(value), generator).numpy() for key, value in given.items()}
             writes.append((item.outputs["noisy"], given, item))
-        denoised = {key: _denoise_array(model, value, tile, overlap) for key, value in given.items()}
+        unclipped = noise is not None and not noise.clipped  # awgn leaves the noisy values outside [0, 1]
+        denoised = {key: _denoise_array(model, value, tile, overlap, unclipped=unclipped)
+                    for key, value in given.items()}
         writes.append((item.outputs["denoised"], denoised, item))
         result = {"input": str(item.path), "output": str(item.outputs["denoised"]),
                   "noisy_output": str(item.outputs["noisy"]) if noise else None,
