@@ -413,22 +413,37 @@ class ResidualDenoiser(nn.Module):
         return nn.functional.pixel_unshuffle(images, self.scale)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 1, H, W) -> the last hidden feature map (N, c, H/scale, W/scale)."""
+        """(N, 1, H, W) -> the last hidden feature map (N, c, ceil(H/scale), ceil(W/scale))."""
         return self.body[:-1](self._fold(images).contiguous(memory_format=torch.channels_last))
 
-    def decode(self, codes: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
-        """The predicted noise (N, 1, H, W) of feature maps; with ``images``, the denoised images."""
+    def encode_with_skips(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """The feature maps and what ``decode`` needs to be exact: the noisy images themselves."""
+        return self.encode(images), (images,)
+
+    def predict_noise(self, codes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The noise (N, 1, H, W) the stack predicts from feature maps, for images of ``size`` (H, W)."""
         noise = self.body[-1](codes)
         if self.scale > 1:
             noise = nn.functional.pixel_shuffle(noise, self.scale)
-        if images is None:
-            return noise
-        denoised = images - noise[..., : images.shape[-2], : images.shape[-1]]
+        return noise[..., : size[0], : size[1]]
+
+    def decode(self, codes: torch.Tensor, skips: tuple | None = None) -> torch.Tensor:
+        """Feature maps (and the noisy images from ``encode_with_skips``) -> denoised (N, 1, H, W).
+
+        Without ``skips`` the noisy image is taken as a 0.5 grey (as the conv U-Net does): a
+        code-only reconstruction the model was never trained to make, so ``forward`` passes it.
+        """
+        if skips is None:
+            n, _, h, w = codes.shape
+            images = codes.new_full((n, 1, self.scale * h, self.scale * w), 0.5)
+        else:
+            (images,) = skips
+        denoised = images - self.predict_noise(codes, tuple(images.shape[-2:]))
         return denoised if self.training else denoised.clamp(0.0, 1.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) noisy images -> (N, 1, H, W) denoised (clipped to [0, 1] in eval mode)."""
-        return self.decode(self.encode(images), images)
+        return self.decode(*self.encode_with_skips(images))
 
 
 @register_model("dncnn")
