@@ -188,3 +188,26 @@ def test_denoise_files_takes_the_protocols_unclipped_noise(tmp_path, folder):
     assert results[0]["psnr_denoised"] is not None and (tmp_path / "out" / "img_00.denoised.png").exists()
     with pytest.raises(Exception, match="values must lie in"):
         denoise_image(model, np.full((8, 8), 1.5, np.float32))
+
+
+def test_checkpoints_older_than_the_new_settings_still_load_and_resume(tmp_path, tiny_run, tiny_dataset):
+    """A run written before depth/batch_norm and the patch settings existed: the defaults fill them in."""
+    from daelab.checkpoint import save_checkpoint
+    from daelab.config import from_jsonable, to_jsonable
+    state = load_checkpoint(tiny_run / LAST)
+    old_model = {k: v for k, v in state["model_config"].items() if k not in ("depth", "batch_norm")}
+    new_train = ("patch_size", "patches_per_epoch", "val_dir", "lr_schedule")
+    old_train = {k: v for k, v in state["train_config"].items() if k not in new_train}
+    assert from_jsonable(ModelConfig, old_model) == ModelConfig()
+    assert to_jsonable(from_jsonable(ModelConfig, to_jsonable(ModelConfig(name="ffdnet", depth=5)))) == \
+        to_jsonable(ModelConfig(name="ffdnet", depth=5))
+    run = tmp_path / "old"
+    run.mkdir()
+    save_checkpoint(run / LAST, {k: v for k, v in state.items() if k not in ("format", "version")}
+                    | {"model_config": old_model, "train_config": old_train})
+    model, _ = load_model(run, "last")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), state["model"].values()))
+    config = from_jsonable(TrainConfig, {**old_train, "epochs": state["epoch"] + 1})
+    result = fit(from_jsonable(ModelConfig, old_model), config, run, resume=True, dataset=tiny_dataset,
+                 progress=False)
+    assert result["epochs_run"] == state["epoch"] + 1
