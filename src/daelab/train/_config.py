@@ -76,13 +76,13 @@ class TrainConfig:
                                                            "across processes"})
     patch_size: int | None = field(default=None, metadata={
         "help": "training on an image folder (--data-dir DIR of PNG/JPEG): side of the random patches drawn each "
-                f"epoch (default {DEFAULT_PATCH_SIZE}); refused for other data"})
+                f"epoch, {DEFAULT_PATCH_SIZE} when not given; refused for other data"})
     patches_per_epoch: int | None = field(default=None, metadata={
-        "help": f"training on an image folder: patches drawn per epoch (default {DEFAULT_PATCHES_PER_EPOCH:,}; "
-                f"validation: --val-subset patches, default {DEFAULT_VAL_PATCHES}); refused for other data"})
+        "help": f"training on an image folder: patches drawn per epoch, {DEFAULT_PATCHES_PER_EPOCH:,} when not given "
+                f"(validation: --val-subset patches, {DEFAULT_VAL_PATCHES} when not given); refused for other data"})
     val_dir: str | None = field(default=None, metadata={
-        "help": "training on an image folder: validate on fixed noisy patches of this folder's images (default: "
-                "of the --val-split held-out images, or of the training images when val-split is 0)",
+        "help": "training on an image folder: validate on fixed noisy patches of this folder's images (when not "
+                "given: of the --val-split held-out images, or of the training images when val-split is 0)",
         "metavar": "DIR"})
     lr_schedule: str = field(default="constant", metadata={
         "help": f"learning rate per epoch: constant, or cosine from --lr down to {COSINE_FLOOR:g} x --lr at the "
