@@ -9,6 +9,16 @@ one config (intervals over DAE seeds and images, ``_seeds``), and :func:`evaluat
 denoisers on a folder of natural images by the published protocol (unclipped ``awgn`` noise,
 8-bit quantized PSNR/SSIM: ``_images`` and ``_metrics``).
 """
+from daelab.evaluate._images import (
+    CROPS_FIGURE,
+    IMAGE_EVAL_FILE,
+    IMAGE_EVAL_MARKDOWN,
+    PUBLISHED_SET12,
+    draw_noisy_image,
+    evaluate_images,
+    format_images_markdown,
+)
+from daelab.evaluate._metrics import SSIM8_SETTINGS, psnr8, quantize8, ssim8
 from daelab.evaluate._pipeline import (
     EVAL_FILE,
     EVAL_MARKDOWN,
@@ -26,16 +36,6 @@ from daelab.evaluate._pipeline import (
     run_dae,
     summarise,
 )
-from daelab.evaluate._images import (
-    CROPS_FIGURE,
-    IMAGE_EVAL_FILE,
-    IMAGE_EVAL_MARKDOWN,
-    PUBLISHED_SET12,
-    draw_noisy_image,
-    evaluate_images,
-    format_images_markdown,
-)
-from daelab.evaluate._metrics import SSIM8_SETTINGS, psnr8, quantize8, ssim8
 from daelab.evaluate._seeds import evaluate_daes
 
 __all__ = ["CROPS_FIGURE", "IMAGE_EVAL_FILE", "IMAGE_EVAL_MARKDOWN", "PUBLISHED_SET12", "SSIM8_SETTINGS",
