@@ -1,18 +1,15 @@
 """The sweep's engine: a grid of trials as Optuna trials in an Optuna storage, each an ordinary run directory.
 
-:func:`run_sweep` opens (or joins) the study named by the spec in an Optuna storage -- SQLite in
-``OUT/sweep.db`` by default, any SQLAlchemy URL otherwise (``postgresql://...`` for workers on many
-machines) -- and runs trials until every grid point has a complete one. Optuna does the
-bookkeeping: :class:`optuna.samplers.GridSampler` hands out the points, each running trial beats a
-heartbeat into the storage, and a trial whose worker died (SIGKILL, a lost machine) is failed once
-its heartbeat is older than the grace period and re-queued (``WAITING``) by the retry callback, for
-the next worker to pick up. Any number of ``daelab sweep SPEC --storage URL`` processes share one
-study this way.
-
-A trial (:func:`run_trial`) is the run directory ``OUT/trials/<key>/``: train (resuming from
-``last.pt`` when a killed trial left one) -> evaluate -> probe -> report, its stages recorded in
-``sweep_trial.json`` there so a retried trial skips what is done. The value Optuna records is the
-spec's objective, read back by :func:`daelab.sweep._results.trial_metrics`.
+:func:`run_sweep` opens (or joins) the study named by the spec in an Optuna storage
+(:mod:`daelab.sweep._storage`: SQLite in ``OUT/sweep.db`` by default, any SQLAlchemy URL otherwise --
+``postgresql://...`` for workers on many machines) and runs trials until every grid point has a
+complete one. Optuna does the bookkeeping: :class:`optuna.samplers.GridSampler` hands out the points,
+each running trial beats a heartbeat into the storage, and a trial whose worker died (SIGKILL, a lost
+machine) is failed once its heartbeat is older than the grace period and re-queued (``WAITING``) by
+the retry callback, for the next worker to pick up. Any number of ``daelab sweep SPEC --storage URL``
+processes share one study this way. Each trial is one grid point's run directory, its stages run by
+:func:`daelab.sweep._trial.run_trial`; :func:`sweep_rows` reads the grid's state back, one row per
+point, for the report (:func:`write_report`, :func:`report_only`).
 
 No grid point is run twice. GridSampler alone may give one point to two workers at once (it picks
 among unfinished points once all are started); so each trial, once its point is known, records its
@@ -27,144 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import importlib.util
-import json
 import logging
-import os
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
-from daelab.config import to_jsonable
 from daelab.data import Dataset
-from daelab.errors import CheckpointError, TrainingError, UsageError
-from daelab.runs import LOCK_FILE, read_json, write_json
+from daelab.errors import CheckpointError, TrainingError
+from daelab.runs import LOCK_FILE
 from daelab.sweep._spec import SweepSpec
+from daelab.sweep._storage import _optuna, dashboard_hint, open_study, shown_url, storage_url
+from daelab.sweep._trial import objective_value, run_trial
 
 log = logging.getLogger(__name__)
 
-TRIAL_FILE = "sweep_trial.json"
-STAGES = ("train", "evaluate", "probe", "report")
-DB_FILE = "sweep.db"
-# Settings of where and how fast a stage runs, not of what it computes: a resumed trial may change them.
-RUNTIME = {"threads", "workers", "device", "data_dir"}
-# Train settings a resumed training run may take from the spec rather than from its checkpoint.
-RESUMABLE = RUNTIME | {"epochs", "checkpoint_every"}
-CREATE_ATTEMPTS = 6
 HOLDING = ("RUNNING", "WAITING", "COMPLETE")  # the states in which a trial holds its grid point
-
-
-def _optuna():
-    import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the engine says per stage what happens
-    return optuna
-
-
-def _now() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-# ------------------------------------------------------------------------------------ storage
-def storage_url(spec: SweepSpec, storage: str | None = None) -> str:
-    """The storage URL: ``storage`` as given, or SQLite in ``OUT/sweep.db`` (absolute path)."""
-    if storage:
-        return _with_driver(storage)
-    return f"sqlite:///{(Path(spec.out) / DB_FILE).resolve()}"
-
-
-def _with_driver(url: str) -> str:
-    """``postgresql://`` as ``postgresql+psycopg2://`` where only psycopg2 is installed.
-
-    SQLAlchemy 2.1 reads a plain ``postgresql://`` as psycopg 3; daelab's ``postgres`` extra installs
-    psycopg2-binary, the driver Optuna documents.
-    """
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
-            and importlib.util.find_spec("psycopg2") is not None:
-        return f"postgresql+psycopg2://{rest}"
-    return url
-
-
-def shown_url(url: str) -> str:
-    """``url`` with any password hidden (for printing)."""
-    try:
-        from sqlalchemy.engine import make_url
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: shown as given, it holds no parsed password
-        return url
-
-
-def make_storage(spec: SweepSpec, url: str):
-    """An :class:`optuna.storages.RDBStorage` on ``url`` with the spec's heartbeat, grace period and retries.
-
-    Raises
-    ------
-    UsageError
-        The URL cannot be opened (bad URL, no driver, server unreachable): one line naming it.
-    """
-    optuna = _optuna()
-    storages = optuna.storages
-    retry_class = getattr(storages, "RetryHeartbeatStaleTrialCallback", None)
-    callback_arg = "heartbeat_stale_trial_callback" if retry_class else "failed_trial_callback"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-        retry = (retry_class or storages.RetryFailedTrialCallback)(max_retry=spec.max_retry)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        for attempt in range(CREATE_ATTEMPTS):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-                    return storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat,
-                                               grace_period=spec.grace, **{callback_arg: retry})
-            except Exception as exc:  # noqa: BLE001 - see below
-                # Workers started together race to create the tables (a UNIQUE constraint fails in the one
-                # that comes second, or SQLite is locked): the tables are there a moment later.
-                text = f"{type(exc).__name__} {exc}"
-                if attempt + 1 == CREATE_ATTEMPTS or not ("IntegrityError" in text or "locked" in text):
-                    raise
-                time.sleep(0.5 * (attempt + 1))
-    except ModuleNotFoundError as exc:
-        hint = ("pip install 'daelab[postgres]' (psycopg2-binary)" if "psycopg" in str(exc)
-                else f"install the database driver ({exc.name})")
-        raise UsageError(f"cannot open the sweep storage {shown_url(url)}: {exc}", hint) from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors (bad URL, server down) in one line
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"cannot open the sweep storage {shown_url(url)}: {first}",
-                         "check the URL (sqlite:///PATH, postgresql://USER:PASSWORD@HOST:PORT/DB) and that the "
-                         "server runs") from None
-
-
-def open_study(spec: SweepSpec, storage: str | None = None):
-    """Create or join the spec's study (``load_if_exists``); refuse one of another objective or grid."""
-    optuna = _optuna()
-    url = storage_url(spec, storage)
-    sampler = optuna.samplers.GridSampler(spec.grid, seed=0)  # the same seed in every worker: one order
-    study = optuna.create_study(storage=make_storage(spec, url), sampler=sampler, study_name=spec.name,
-                                direction=spec.direction, load_if_exists=True)
-    recorded = study.user_attrs
-    mine = {"objective": spec.objective, "grid": spec.grid}
-    if not recorded.get("objective"):
-        for name, value in mine.items():
-            study.set_user_attr(name, value)
-        study.set_user_attr("spec", spec.path)
-    elif recorded.get("objective") != spec.objective or json.dumps(recorded.get("grid")) != json.dumps(spec.grid):
-        differ = "objective" if recorded.get("objective") != spec.objective else "grid"
-        raise UsageError(f"study {spec.name!r} in {shown_url(url)} was started with another {differ} "
-                         f"({json.dumps(recorded.get(differ))})",
-                         "use another [sweep] name for a new sweep, or the spec that started it")
-    return study
-
-
-def dashboard_hint(url: str) -> str:
-    """The ``optuna-dashboard`` command that browses the study live (and how to install it if missing)."""
-    line = f"browse the study live: optuna-dashboard {shown_url(url)}"
-    if importlib.util.find_spec("optuna_dashboard") is None:
-        line += "  (pip install optuna-dashboard)"
-    return line
 
 
 # ------------------------------------------------------------------------------------ the grid's state
@@ -259,142 +133,6 @@ def _young(trial, grace: float) -> bool:
         return True
     now = _dt.datetime.now(started.tzinfo) if started.tzinfo else _dt.datetime.now()
     return (now - started).total_seconds() < grace
-
-
-# ------------------------------------------------------------------------------------ one trial
-def trial_configs(spec: SweepSpec, point: dict, threads: int = 0) -> dict:
-    """The point's configs, with ``threads`` (when given) for every stage."""
-    configs = spec.configs(point)
-    if threads:
-        configs["train"] = replace(configs["train"], threads=threads)
-        configs["probe"] = replace(configs["probe"], threads=threads, workers=min(threads, configs["probe"].workers
-                                                                                  or threads))
-        configs["evaluate"] = replace(configs["evaluate"], workers=threads)
-    return configs
-
-
-def _plain(config, drop=RUNTIME) -> dict:
-    values = json.loads(json.dumps(to_jsonable(config), default=str))
-    return {k: v for k, v in values.items() if k not in drop}
-
-
-def _check_same_training(run_dir: Path, configs: dict) -> None:
-    """Refuse to continue a training run of other settings than the trial's (the spec changed)."""
-    from daelab.checkpoint import LAST, load_checkpoint
-    checkpoint = load_checkpoint(run_dir / LAST)
-    differ = []
-    for section, key in (("model", "model_config"), ("train", "train_config")):
-        planned = _plain(configs[section], RESUMABLE)
-        found = json.loads(json.dumps(checkpoint.get(key) or {}, default=str))
-        defaults = _plain(type(configs[section])(), RESUMABLE)
-        differ += [name for name, value in planned.items() if found.get(name, defaults[name]) != value]
-    if checkpoint.get("epoch", 0) > configs["train"].epochs:
-        differ.append(f"{checkpoint['epoch']} epochs done of {configs['train'].epochs} planned")
-    if differ:
-        raise UsageError(f"{run_dir} holds a training run of other settings than this sweep's trial "
-                         f"({', '.join(differ)})",
-                         "the spec changed since: use another [sweep] out and name, or remove that trial directory")
-
-
-def run_trial(spec: SweepSpec, point: dict, dataset: Dataset | None = None, progress: bool = True,
-              threads: int = 0, label: str | None = None, out: str | os.PathLike | None = None) -> dict:
-    """Run (or finish) one grid point's trial in ``OUT/trials/<key>``: train -> evaluate -> probe -> report.
-
-    Each stage is skipped when ``sweep_trial.json`` records it done with the same settings (a
-    retried trial resumes; training continues from ``last.pt``); a stage after one that ran again
-    is redone.
-
-    Parameters
-    ----------
-    spec : SweepSpec
-        The sweep.
-    point : dict
-        The grid point (axis -> value).
-    dataset : Dataset, optional
-        Images instead of the configs' data (tests pass a synthetic set).
-    progress : bool
-        Show the stages' progress bars.
-    threads : int
-        CPU threads for each stage (0: the spec's settings).
-    label : str, optional
-        How the log lines name the trial (default: the point).
-    out : str or os.PathLike, optional
-        The sweep's directory (default: the spec's).
-
-    Returns
-    -------
-    dict
-        ``{"run_dir", "stages": {stage: {"status", "seconds", "finished", ...}}, "ran": [stages run now],
-        "seconds": the seconds this call worked}``.
-    """
-    from daelab.checkpoint import LAST
-    configs = trial_configs(spec, point, threads)
-    run_dir = spec.run_dir(point, out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    label = label or spec.label(point)
-    state_path = run_dir / TRIAL_FILE
-    state = read_json(state_path) if state_path.is_file() else {}
-    if not isinstance(state.get("stages"), dict):
-        state = {"version": 1, "key": spec.key(point), "params": point, "started": _now(), "stages": {}}
-    planned = {"train": {"model": _plain(configs["model"]), "train": _plain(configs["train"])},
-               "evaluate": _plain(configs["evaluate"]), "probe": _plain(configs["probe"]), "report": {}}
-    began_all = time.perf_counter()
-    ran: list[str] = []
-    for stage in STAGES:
-        recorded = state["stages"].get(stage)
-        if recorded is not None and recorded.get("settings") == planned[stage] and not ran:
-            log.info("%s: %s already done (%s), not redone", label, stage, recorded.get("finished"))
-            continue
-        log.info("%s: %s: starting", label, stage)
-        began = time.perf_counter()
-        extra = {}
-        if stage == "train":
-            resume = (run_dir / LAST).is_file()
-            if resume:
-                _check_same_training(run_dir, configs)
-                log.info("%s: train: resuming from %s", label, run_dir / LAST)
-            extra = _train(run_dir, configs, dataset, progress, resume)
-        elif stage == "evaluate":
-            from daelab.evaluate import evaluate_run
-            evaluate_run(run_dir, configs["evaluate"], dataset=dataset, progress=progress)
-        elif stage == "probe":
-            from daelab.probe import probe_run
-            probe_run(run_dir, configs["probe"], dataset=dataset, progress=progress)
-        else:
-            from daelab.report import write_report
-            write_report(run_dir)
-        seconds = time.perf_counter() - began
-        state["stages"][stage] = {"status": "done", "settings": planned[stage], "seconds": seconds,
-                                  "finished": _now(), **extra}
-        write_json(state_path, state)
-        ran.append(stage)
-        log.info("%s: %s: done in %.1f s", label, stage, seconds)
-    return {"run_dir": str(run_dir), "stages": state["stages"], "ran": ran,
-            "seconds": time.perf_counter() - began_all}
-
-
-def _train(run_dir: Path, configs: dict, dataset: Dataset | None, progress: bool, resume: bool) -> dict:
-    from daelab import train
-    result = train.fit(configs["model"], configs["train"], run_dir, resume=resume, dataset=dataset,
-                       progress=progress, resume_hint="to resume, run the same 'daelab sweep' again")
-    return {"resumed": resume, "epochs_run": result["epochs_run"], "best_val_loss": result["best_val_loss"]}
-
-
-def objective_value(spec: SweepSpec, run_dir: str | os.PathLike) -> float:
-    """The spec's objective, read from a finished trial's run directory.
-
-    Raises
-    ------
-    TrainingError
-        The trial's files do not give it (a stage did not write its number).
-    """
-    from daelab.sweep._results import trial_metrics
-    metrics = trial_metrics(run_dir)
-    value = {"codes_minus_raw": lambda: (metrics.get("codes_minus_raw") or {}).get("mean"),
-             "psnr": lambda: metrics.get("psnr_mean"), "val_loss": lambda: metrics.get("val_loss")}[spec.objective]()
-    if value is None:
-        raise TrainingError(f"trial {run_dir} gives no {spec.objective}", "see its report.html")
-    return float(value)
 
 
 # ------------------------------------------------------------------------------------ the sweep
@@ -550,6 +288,4 @@ def report_only(spec: SweepSpec, storage: str | None = None) -> list[dict]:
     return rows
 
 
-__all__ = ["DB_FILE", "TRIAL_FILE", "dashboard_hint", "make_storage", "objective_value", "open_study",
-           "report_only", "run_sweep", "run_trial", "shown_url", "storage_url", "sweep_rows", "trial_configs",
-           "write_report"]
+__all__ = ["report_only", "run_sweep", "sweep_rows", "write_report"]
