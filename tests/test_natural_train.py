@@ -211,3 +211,23 @@ def test_checkpoints_older_than_the_new_settings_still_load_and_resume(tmp_path,
     result = fit(from_jsonable(ModelConfig, old_model), config, run, resume=True, dataset=tiny_dataset,
                  progress=False)
     assert result["epochs_run"] == state["epoch"] + 1
+
+
+def test_evaluate_images_cli_scores_a_trained_run_on_a_folder(tmp_path, folder, capsys):
+    """``daelab evaluate RUN_DIR --images DIR``: the run's model beside the noisy input and a baseline,
+    one row per (noise, method), the unclipped awgn draw given to the model as it is."""
+    from daelab import cli
+    run_dir = tmp_path / "run"
+    fit(ModelConfig(name="dncnn", **TINY), _config(folder, epochs=1), run_dir, progress=False)
+    out = tmp_path / "set"
+    code = cli.main(["evaluate", str(run_dir), "--images", str(folder), "--noise", "awgn:25", "--baselines", "tv",
+                     "--out", str(out), "--no-progress"])
+    assert code == 0
+    rows = json.loads((out / "evaluation.json").read_text())["image_results"]
+    assert {(r["noise"], r["method"]) for r in rows} == {("awgn:25", m) for m in ("model", "noisy", "tv")}
+    assert all(r["n_images"] == len(list(folder.glob("*.png"))) for r in rows)
+    printed = capsys.readouterr().out
+    assert "awgn:25" in printed and "tv" in printed and str(out / "evaluation.json") in printed
+    with pytest.raises(ConfigError, match="one model"):
+        cli._run_evaluate_images(cli.build_parser(["evaluate"]).parse_args(
+            ["evaluate", str(run_dir), str(run_dir), "--images", str(folder)]))

@@ -181,7 +181,9 @@ def _add_evaluate(sub) -> None:
                        epilog="examples:\n  daelab evaluate runs/exp1\n"
                               "  daelab evaluate runs/exp1 --noise uniform:0.1 gaussian:0.2 --denoisers tv,nlm\n"
                               "  daelab evaluate runs/exp1 --denoisers none --robustness none\n"
-                              "  daelab evaluate runs/study runs/study/daes/seed-*   # over 3 DAE seeds")
+                              "  daelab evaluate runs/study runs/study/daes/seed-*   # over 3 DAE seeds\n"
+                              "  daelab evaluate runs/natural --images Set12 --noise awgn:15,25,50 --baselines bm3d "
+                              "--out runs/natural/set12")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
                    help="a run directory written by 'daelab train'; several DAEs of one config that differ only "
                         "in --seed add intervals over DAE seeds x images to the first one's evaluation.json")
@@ -195,11 +197,34 @@ def _add_evaluate(sub) -> None:
                        help="noise specs of the DAE robustness matrix, or none (default: gaussian, uniform, "
                             "salt_pepper and masking at four levels each)")
     add_dataclass_args(group, EvalConfig, skip=("noise", "robustness"))
+    images = p.add_argument_group("an image folder (the published Set12 protocol: unclipped awgn, 8-bit PSNR/SSIM)")
+    images.add_argument("--images", type=Path, metavar="DIR",
+                        help="score the model of RUN_DIR on every grayscale image of DIR instead (default noise "
+                             "awgn:15,25,50); writes OUT/evaluation.json with its image_results, .md and crops.png")
+    images.add_argument("--baselines", dest="denoisers", metavar="NAMES",
+                        help="classical denoisers beside it, comma-separated or none (default with --images: bm3d, "
+                             "skipped with a note where the optional bm3d package is missing)")
+    images.add_argument("--out", type=Path, metavar="OUT", help="where --images writes (default: RUN_DIR/images-DIR)")
     p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate_images(args) -> int:
+    from daelab.evaluate import evaluate_images, format_images_markdown, run_denoiser
+    if len(args.run_dirs) != 1:
+        raise ConfigError("--images scores one model", "give one RUN_DIR")
+    out = args.out or args.run_dirs[0] / f"images-{args.images.name}"
+    result = evaluate_images(run_denoiser(args.run_dirs[0], args.checkpoint or "best"), args.images,
+                             noise=" ".join(args.noise or ["awgn:15,25,50"]), baselines=args.denoisers or "bm3d",
+                             seed=args.seed or 0, out=out, progress=not args.no_progress)
+    print(format_images_markdown(result))
+    print(f"wrote {out / 'evaluation.json'}")
+    return 0
 
 
 def _run_evaluate(args) -> int:
     from daelab.evaluate import EvalConfig, evaluate_daes
+    if args.images is not None:
+        return _run_evaluate_images(args)
     for name in ("noise", "robustness"):
         if getattr(args, name) is not None:
             setattr(args, name, " ".join(getattr(args, name)))

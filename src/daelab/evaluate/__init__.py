@@ -17,6 +17,7 @@ from daelab.evaluate._images import (
     draw_noisy_image,
     evaluate_images,
     format_images_markdown,
+    run_denoiser,
 )
 from daelab.evaluate._metrics import SSIM8_SETTINGS, psnr8, quantize8, ssim8
 from daelab.evaluate._pipeline import (
@@ -39,7 +40,8 @@ from daelab.evaluate._pipeline import (
 from daelab.evaluate._seeds import evaluate_daes
 
 __all__ = ["CROPS_FIGURE", "IMAGE_EVAL_FILE", "IMAGE_EVAL_MARKDOWN", "PUBLISHED_SET12", "SSIM8_SETTINGS",
-           "draw_noisy_image", "evaluate_images", "format_images_markdown", "psnr8", "quantize8", "ssim8",
+           "draw_noisy_image", "evaluate_images", "format_images_markdown", "psnr8", "quantize8", "run_denoiser",
+           "ssim8",
            "EVAL_FILE", "EVAL_MARKDOWN", "ROBUSTNESS", "STUDY_LEVELS", "EvalConfig", "draw_noisy",
            "equivalent_command", "evaluate_daes", "evaluate_level", "evaluate_run", "format_markdown", "headline",
            "noise_seed", "robustness_matrix", "run_dae", "summarise"]

@@ -51,6 +51,19 @@ PUBLISHED_SET12 = {"bm3d": {15: 32.37, 25: 29.97, 50: 26.72}, "dncnn_b": {15: 32
 Denoise = Callable[[np.ndarray], np.ndarray]
 
 
+def run_denoiser(run_dir: str | os.PathLike, checkpoint: str = "best", tile: int = 256, overlap: int = 32) -> Denoise:
+    """The trained model of ``run_dir`` as :func:`evaluate_images`' ``denoise_fn``.
+
+    It takes the protocol's unclipped noisy image as it is and tiles large images
+    (:func:`daelab.denoise.denoise_image`); a model that needs one image size (the study's MLP)
+    refuses other sizes with a one-line error.
+    """
+    from daelab.denoise import denoise_image
+    from daelab.runs import load_model
+    model, _ = load_model(run_dir, checkpoint)
+    return lambda noisy: denoise_image(model, noisy, tile=tile, overlap=overlap, unclipped=True)
+
+
 def draw_noisy_image(clean_uint8: np.ndarray, noise: NoiseModel, seed: int, name: str) -> np.ndarray:
     """The one noisy copy (H, W) float32 of image ``name`` at ``noise`` that every method sees (unclipped for awgn)."""
     clean = torch.from_numpy(clean_uint8.astype(np.float32) / np.float32(255.0))[None]   # (1, H, W)
