@@ -305,7 +305,7 @@ def test_the_rule_judges_r_loss_over_dae_seeds_where_evaluated():
 
 
 def test_denoising_table_over_dae_seeds_only_when_evaluated():
-    from daelab.report._content import _dae_seeds_table
+    from daelab.report._dae_seeds import _dae_seeds_table
     assert _dae_seeds_table(None) == []
     stat = {"mean": 23.4, "lo": 23.1, "hi": 23.7}
     section = {"seeds": [0, 1, 2], "interval_over": {"dae_seeds": 3, "test_images": 10_000,

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from daelab.checkpoint import atomic_write, output_error
 from daelab.errors import UsageError
-from daelab.report._content import _seconds
+from daelab.report._format import _seconds
 from daelab.report._render import Block, _cell, _inline, to_html, to_markdown
 from daelab.runs import write_json
 from daelab.sweep._figures import plot_differences, plot_heatmap, plot_psnr
