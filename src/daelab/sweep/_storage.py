@@ -85,9 +85,11 @@ def make_storage(spec: SweepSpec, url: str):
                                                grace_period=spec.grace, **{callback_arg: retry})
             except Exception as exc:  # noqa: BLE001 - see below
                 # Workers started together race to create the tables (a UNIQUE constraint fails in the one
-                # that comes second, or SQLite is locked): the tables are there a moment later.
+                # that comes second, SQLite is locked, or "table ... already exists" when both passed the
+                # check before either created it): the tables are there a moment later.
                 text = f"{type(exc).__name__} {exc}"
-                if attempt + 1 == CREATE_ATTEMPTS or not ("IntegrityError" in text or "locked" in text):
+                racing = ("IntegrityError", "locked", "already exists")
+                if attempt + 1 == CREATE_ATTEMPTS or not any(word in text for word in racing):
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except ModuleNotFoundError as exc:
