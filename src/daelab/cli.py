@@ -54,7 +54,8 @@ SUMMARIES = {
     "summary": "print a model's layer table",
     "evaluate": "score a trained DAE against noisy input and classical denoisers",
     "probe": "are the encoder's codes worth more than pixels?",
-    "denoise": "denoise your own images with a trained run",
+    "denoise": "denoise your own images with a trained run or a shipped model",
+    "models": "list the shipped pretrained models and their measured figures",
     "reproduce": "redo the whole study into one run directory and write its report",
     "report": "write report.html and report.md of a run",
     "sweep": "train, evaluate and probe a grid of DAEs (Optuna trials) and chart what it shows",
@@ -154,7 +155,8 @@ def _add_summary(sub) -> None:
     p = sub.add_parser("summary", formatter_class=_Formatter, help=SUMMARIES["summary"],
                        description="Print a Keras-like summary (layer, output shape, parameters, totals) of a "
                                    "registered model, or of the model in a run directory.")
-    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory (default: build from the flags)")
+    p.add_argument("run_dir", nargs="?", type=Path, metavar="MODEL",
+                   help="a run directory or a shipped model's name (default: build from the flags)")
     add_dataclass_args(p.add_argument_group("model"), ModelConfig)
     p.set_defaults(func=_run_summary)
 
@@ -162,8 +164,8 @@ def _add_summary(sub) -> None:
 def _run_summary(args) -> int:
     from daelab.models import ModelConfig, build_model, format_summary
     if args.run_dir:
-        from daelab.runs import load_model
-        model, _ = load_model(args.run_dir)
+        from daelab.pretrained import resolve_model
+        model, _ = resolve_model(args.run_dir)
     else:
         model = build_model(build_config(ModelConfig, None, args, "model"))
     print(format_summary(model))
@@ -185,7 +187,8 @@ def _add_evaluate(sub) -> None:
                               "  daelab evaluate runs/natural --images Set12 --noise awgn:15,25,50 --baselines bm3d "
                               "--out runs/natural/set12")
     p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
-                   help="a run directory written by 'daelab train'; several DAEs of one config that differ only "
+                   help="a run directory written by 'daelab train' (with --images: or a shipped model's name); "
+                        "several DAEs of one config that differ only "
                         "in --seed add intervals over DAE seeds x images to the first one's evaluation.json")
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML/YAML/JSON file with an [evaluate] section; "
                                                                "explicit flags win")
@@ -209,11 +212,14 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate_images(args) -> int:
-    from daelab.evaluate import evaluate_images, format_images_markdown, run_denoiser
+    from daelab.evaluate import evaluate_images, format_images_markdown
+    from daelab.pretrained import resolve_denoiser, shipped_name
     if len(args.run_dirs) != 1:
         raise ConfigError("--images scores one model", "give one RUN_DIR")
-    out = args.out or args.run_dirs[0] / f"images-{args.images.name}"
-    result = evaluate_images(run_denoiser(args.run_dirs[0], args.checkpoint or "best"), args.images,
+    name = shipped_name(args.run_dirs[0])
+    default = Path(f"images-{args.images.name}-{name}") if name else args.run_dirs[0] / f"images-{args.images.name}"
+    out = args.out or default
+    result = evaluate_images(resolve_denoiser(args.run_dirs[0], args.checkpoint or "best"), args.images,
                              noise=" ".join(args.noise or ["awgn:15,25,50"]), baselines=args.denoisers or "bm3d",
                              seed=args.seed or 0, out=out, progress=not args.no_progress)
     print(format_images_markdown(result))
@@ -225,6 +231,8 @@ def _run_evaluate(args) -> int:
     from daelab.evaluate import EvalConfig, evaluate_daes
     if args.images is not None:
         return _run_evaluate_images(args)
+    from daelab.pretrained import refuse_shipped
+    refuse_shipped(args.run_dirs, "evaluate on the Fashion-MNIST test set")
     for name in ("noise", "robustness"):
         if getattr(args, name) is not None:
             setattr(args, name, " ".join(getattr(args, name)))
@@ -329,10 +337,12 @@ def _add_denoise(sub) -> None:
                                    "64 Mi) is refused before it is decoded. Writes NAME.denoised.EXT beside each "
                                    "input, or into --out; never writes onto an input. The MLP needs 28x28 images; "
                                    "a --model conv run takes any size (large images are tiled).",
-                       epilog="examples:\n  daelab denoise runs/exp1 shirt.png\n"
+                       epilog="examples:\n  daelab denoise fashion-mlp shirt.png   # a shipped model\n"
+                              "  daelab denoise runs/exp1 shirt.png\n"
                               "  daelab denoise runs/conv photo.png --add-noise gaussian:0.1 --out denoised/\n"
                               "  daelab denoise runs/conv noisy.npy --reference clean.npy")
-    p.add_argument("run_dir", type=Path, help="a run directory holding a trained model")
+    p.add_argument("run_dir", type=Path, metavar="MODEL",
+                   help="a run directory holding a trained model, or a shipped model's name (see 'daelab models')")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="images to denoise")
     p.add_argument("--out", type=Path, metavar="DIR", help="write the outputs into DIR (default: beside the inputs)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never inputs)")
@@ -349,8 +359,8 @@ def _add_denoise(sub) -> None:
 
 def _run_denoise(args) -> int:
     from daelab.denoise import denoise_files
-    from daelab.runs import load_model
-    model, _ = load_model(args.run_dir, args.checkpoint)
+    from daelab.pretrained import resolve_model
+    model, _ = resolve_model(args.run_dir, args.checkpoint)
     results = denoise_files(model, args.files, out_dir=args.out, overwrite=args.overwrite, add_noise=args.add_noise,
                             reference=args.reference, seed=args.seed, tile=args.tile, overlap=args.overlap)
     for result in results:
@@ -418,9 +428,25 @@ def _add_sweep(sub) -> None:
     add_parser(sub, _Formatter, SUMMARIES["sweep"])
 
 
+# ----------------------------------------------------------------------------------- models
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", formatter_class=_Formatter, help=SUMMARIES["models"],
+                       description="List the pretrained models shipped in the package: name, what it is, parameters, "
+                                   "measured PSNR and validation MSE (with the command, commit and CPU they came "
+                                   "from), and the weights' sha256 prefix. Any MODEL argument takes these names.",
+                       epilog="examples:\n  daelab models\n  daelab denoise fashion-mlp shirt.png")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from daelab.pretrained import describe
+    print(describe())
+    return 0
+
+
 COMMANDS = {"train": _add_train, "summary": _add_summary, "evaluate": _add_evaluate, "probe": _add_probe,
             "denoise": _add_denoise, "reproduce": _add_reproduce, "report": _add_report,
-            "sweep": _add_sweep}
+            "sweep": _add_sweep, "models": _add_models}
 
 
 def _requested_command(argv: list[str]) -> str | None:
