@@ -131,3 +131,16 @@ def test_manifest_is_json_with_one_entry_per_file():
     manifest = json.loads((PRETRAINED_DIR / "manifest.json").read_text())
     files = sorted(p.name for p in PRETRAINED_DIR.glob("*.safetensors"))
     assert sorted(m["file"] for m in manifest["models"]) == files
+
+
+def test_evaluate_images_takes_a_shipped_name(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["evaluate", "fashion-mlp", "--images", str(folder), "--noise", "awgn:25", "--baselines", "none",
+                 "--out", str(out), "--no-progress"]) == 0
+    rows = json.loads((out / "evaluation.json").read_text())["image_results"]
+    assert {row["method"] for row in rows} == {"model", "noisy"} and all(row["n_images"] == 2 for row in rows)
