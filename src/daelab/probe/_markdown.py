@@ -6,6 +6,8 @@ and the interval over DAE seeds x classifier seeds x test images that the verdic
 """
 from __future__ import annotations
 
+from daelab.report._dae_seeds import _per_dae  # one wording of the per-DAE accuracies, probe.md and the report
+
 
 def format_markdown(report: dict) -> str:
     """``probe.md``: the results table (feature x probe) and the comparisons with their verdicts.
@@ -75,11 +77,3 @@ def format_markdown(report: dict) -> str:
     lines += ["", " ".join(f"![{name}]({path})" for name, path in figures.items()), ""]
     return "\n".join(lines)
 
-
-def _per_dae(row: dict, dae_seeds: list) -> str:
-    """Each DAE seed's accuracy of a results row (mean over its classifier seeds); "–" for one set of runs."""
-    by_dae = row.get("accuracies_by_dae") or []
-    if len(by_dae) < 2:
-        return "–"
-    seeds = dae_seeds if len(dae_seeds) == len(by_dae) else range(len(by_dae))
-    return " · ".join(f"seed {s}: {sum(accs) / len(accs):.4f}" for s, accs in zip(seeds, by_dae))
