@@ -31,7 +31,7 @@ class TrainingPath(NamedTuple):
 
 
 def choose_path(device: torch.device, precision: str = "auto", kernels: str = "auto", cpu: CpuInfo | None = None,
-                distributed: bool = False) -> TrainingPath:
+                distributed: bool = False, layout: str = "flat") -> TrainingPath:
     """The fastest correct training path for ``device`` under the ``--precision``/``--kernels`` requests.
 
     Parameters
@@ -47,6 +47,9 @@ def choose_path(device: torch.device, precision: str = "auto", kernels: str = "a
         The CPU; default :func:`daelab.cpu.cpu_info` (``DAELAB_ISA`` honoured).
     distributed : bool
         Under DDP: the fused step is single-process, so PyTorch's ops.
+    layout : str
+        The model's ``input_layout``: the fused step is the flat MLP's, so an ``image`` model (conv,
+        dncnn, ffdnet) trains on PyTorch's ops at the chosen precision.
 
     Returns
     -------
@@ -77,4 +80,7 @@ def choose_path(device: torch.device, precision: str = "auto", kernels: str = "a
     if distributed:
         return TrainingPath(precision, False, f"{precision} PyTorch ops (distributed: the fused step is one process; "
                                               f"{why})")
+    if layout != "flat":
+        return TrainingPath(precision, False,
+                            f"{precision} PyTorch ops (a conv model: the fused kernels are the MLP's)")
     return TrainingPath(precision, True, f"{precision} fused kernels ({_VARIANT_WORDS[kernel_variant(cpu)]}; {why})")

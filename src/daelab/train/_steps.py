@@ -221,10 +221,8 @@ def make_training_policy(model: nn.Module, optimizer: torch.optim.Optimizer, con
     StepPolicy or WeightPolicy
         A :class:`~daelab.kernels.fused.FusedMLP`, or an fp32 / bf16-shadow weight policy.
     """
-    path = choose_path(device, config.precision, config.kernels, distributed=distributed)
-    if path.fused and getattr(model, "input_layout", "flat") == "image":  # the fused step is the MLP's only
-        path = path._replace(fused=False, reason=f"{path.precision} PyTorch ops (a conv model: the fused kernels "
-                                                 f"are the MLP's)")
+    path = choose_path(device, config.precision, config.kernels, distributed=distributed,
+                       layout=getattr(model, "input_layout", "flat"))
     policy = make_fused(model, optimizer, device, precision=path.precision) if path.fused else None
     reason = path.reason
     if path.fused and policy is None:  # make_fused has warned why
