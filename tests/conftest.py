@@ -35,6 +35,15 @@ def tiny_dataset() -> Dataset:
 
 
 @pytest.fixture(scope="session")
+def npz_data(tmp_path_factory, tiny_dataset):
+    """The synthetic set as an ``.npz`` a ``--data-dir`` takes (for tests through the CLI)."""
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    d = tiny_dataset
+    np.savez(path, x_train=d.train_images, y_train=d.train_labels, x_test=d.test_images, y_test=d.test_labels)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_dataset):
     """A run directory holding the study's MLP trained 2 epochs on the synthetic set."""
     from daelab.models import ModelConfig

@@ -3,18 +3,9 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from daelab.cli import main
-
-
-@pytest.fixture(scope="module")
-def npz_data(tmp_path_factory, tiny_dataset):
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    d = tiny_dataset
-    np.savez(path, x_train=d.train_images, y_train=d.train_labels, x_test=d.test_images, y_test=d.test_labels)
-    return path
 
 
 def test_train_then_resume_via_cli(tmp_path, npz_data, capsys):

@@ -204,14 +204,11 @@ def test_real_valued_interval_on_one_dae_is_the_t_interval_over_images():
         hierarchical_interval(np.ones((3, 4)))
 
 
-def test_cli_evaluates_several_run_dirs_and_prints_the_interval_over_daes(runs, tiny_dataset, tmp_path, capsys):
+def test_cli_evaluates_several_run_dirs_and_prints_the_interval_over_daes(runs, npz_data, tmp_path, capsys):
     """``daelab evaluate RUN_DIR RUN_DIR ...`` is evaluate_daes: the first dir gets the dae_seeds section."""
     from daelab import cli
     copies = [shutil.copytree(run, tmp_path / run.name) for run in runs[:2]]
-    data = tmp_path / "tiny.npz"  # the runs' own images (they were trained on the synthetic set)
-    d = tiny_dataset
-    np.savez(data, x_train=d.train_images, y_train=d.train_labels, x_test=d.test_images, y_test=d.test_labels)
-    code = cli.main(["evaluate", *map(str, copies), "--data-dir", str(data), "--noise", "uniform:0.1",
+    code = cli.main(["evaluate", *map(str, copies), "--data-dir", str(npz_data), "--noise", "uniform:0.1",
                      "--denoisers", "none", "--robustness", "none", "--dae-max-images", str(N_DAE),
                      "--workers", "1", "--no-progress"])
     out = capsys.readouterr().out

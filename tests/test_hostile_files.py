@@ -27,14 +27,6 @@ from daelab.errors import CheckpointError, OutputError, UsageError
 
 # ------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def npz_data(tmp_path_factory, tiny_dataset):
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    d = tiny_dataset
-    np.savez(path, x_train=d.train_images, y_train=d.train_labels, x_test=d.test_images, y_test=d.test_labels)
-    return path
-
-
-@pytest.fixture(scope="module")
 def cli_run(tmp_path_factory, npz_data):
     """The study's MLP trained one epoch on 300 images through the CLI (its last.pt resumes)."""
     run = tmp_path_factory.mktemp("hostile") / "run"
