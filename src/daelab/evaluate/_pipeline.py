@@ -142,7 +142,7 @@ def run_dae(model: torch.nn.Module, noisy: torch.Tensor, batch_size: int = 1000)
 
 # --------------------------------------------------------------------------------- one level
 def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalConfig, denoisers, n_subset: int,
-                   progress: bool = True, pool: WorkerPool | None = None) -> tuple[dict, dict]:
+                   progress: bool = True, pool: WorkerPool | None = None) -> tuple[dict, dict, dict]:
     """Score the noisy input, the DAE and every baseline at one noise level.
 
     Parameters
@@ -153,8 +153,10 @@ def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalCo
 
     Returns
     -------
-    (result, examples) : the JSON-ready result of this level, and the first ``config.examples``
-    images of each method ((k, H, W) arrays plus their R_loss) for the figures.
+    (result, examples, scores) : the JSON-ready result of this level, the first ``config.examples``
+    images of each method ((k, H, W) arrays plus their R_loss) for the figures, and the per-image
+    scores: ``noisy`` and ``dae`` on all N images, each baseline (``name@sigma``) on the first n of
+    them, each ``{metric: (n,) array}``.
     """
     pool = pool or WorkerPool(1)
     clean_np = clean.numpy()  # float32 views; metrics and baselines compute in float64 per chunk
@@ -207,7 +209,8 @@ def evaluate_level(model, clean: torch.Tensor, noise: NoiseModel, config: EvalCo
     # Paired per-image gains over the noisy input: positive = the method helps, negative = it hurts.
     result["psnr_gain"] = {name: mean_ci(values["psnr"] - head["noisy"]["psnr"][:len(values["psnr"])])
                            for name, values in head.items() if name != "noisy"}
-    return result, examples
+    scores = {**{name: values for name, values in head.items() if name not in per_image}, **per_image}
+    return result, examples, scores
 
 
 def robustness_matrix(model, clean: torch.Tensor, noises: list[NoiseModel], config: EvalConfig,
@@ -229,7 +232,7 @@ def robustness_matrix(model, clean: torch.Tensor, noises: list[NoiseModel], conf
 
 # ------------------------------------------------------------------------------------ the run
 def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset: Dataset | None = None,
-                 progress: bool = True, command: str | None = None) -> dict:
+                 progress: bool = True, command: str | None = None, scores: dict | None = None) -> dict:
     """Evaluate the DAE of ``run_dir`` and the classical baselines; write JSON, Markdown and figures.
 
     Parameters
@@ -239,6 +242,8 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
     dataset : images to use instead of loading the run's dataset (tests pass a synthetic one).
     command : the command line to record in the JSON (default: the ``daelab evaluate`` command
         that reproduces this call, every setting spelled out).
+    scores : a dict to receive each level's per-image scores (noise spec -> the third value of
+        :func:`evaluate_level`), for a caller that builds on them (:func:`daelab.evaluate.evaluate_daes`).
 
     Returns
     -------
@@ -263,9 +268,11 @@ def evaluate_run(run_dir: str | Path, config: EvalConfig | None = None, dataset:
     levels, examples = [], {}
     with WorkerPool(workers if denoisers else 1, warm=baselines_warm_up) as pool:
         for noise in tqdm(config.noise_models, desc="noise levels", disable=not progress):
-            result, examples[noise.spec] = evaluate_level(model, clean, noise, config, denoisers, n_subset, progress,
-                                                          pool)
+            result, examples[noise.spec], level_scores = evaluate_level(model, clean, noise, config, denoisers,
+                                                                        n_subset, progress, pool)
             levels.append(result)
+            if scores is not None:
+                scores[noise.spec] = level_scores
     # The matrix has many cells and only needs a mean gain per cell: a smaller head of the sample suffices.
     robustness = robustness_matrix(model, clean[:config.robustness_max_images or n_dae],
                                    config.robustness_models, config, progress)

@@ -4,15 +4,15 @@
 from them holds "for this one trained DAE". A DAE trained with another seed (or on another CPU,
 whose arithmetic changes the weights as a new seed would) denoises differently, so
 :func:`evaluate_daes` takes several runs of one config that differ in their training seed, runs
-:func:`evaluate_run` on the first (its numbers and files unchanged), then scores every DAE -- the
-first one again -- on exactly the images and noisy draws that evaluation used, and adds a
+:func:`evaluate_run` on the first (its numbers and files unchanged; it hands back its per-image
+scores), then scores every further DAE on exactly the images and noisy draws that evaluation used, and adds a
 ``dae_seeds`` section to the first run's ``evaluation.json``: per noise level the mean over (DAE
 seeds x images) with :func:`daelab.stats.hierarchical_interval` (a t-interval on the variance
 components of the two crossed levels), each DAE's own mean, and the DAE's PSNR gain over the noisy
 input and over the level's best classical baseline, paired per image. The baselines and the
-robustness matrix do not depend on the DAE and are not repeated; the best baseline is rerun once
-per level on its own images (the head of the evaluation's seeded subsample), which gives the
-per-image values :func:`evaluate_run` summarised. The per-image PSNR of every DAE goes to
+robustness matrix do not depend on the DAE and are not repeated: the gain over the best baseline
+is paired on the per-image values :func:`evaluate_run` scored it with (the head of the evaluation's
+seeded subsample). The per-image PSNR of every DAE goes to
 ``evaluation_daes.npz`` beside the JSON.
 """
 from __future__ import annotations
@@ -26,9 +26,7 @@ from tqdm.auto import tqdm
 from daelab.checkpoint import atomic_write, output_error
 from daelab.data import Dataset
 from daelab.errors import ConfigError
-from daelab.evaluate._baselines import ESTIMATED, ORACLE, estimate_sigmas, score_denoiser
-from daelab.evaluate._baselines import warm_up as baselines_warm_up
-from daelab.evaluate._metrics import image_metrics, mse_per_image, psnr_from_mse
+from daelab.evaluate._metrics import image_metrics
 from daelab.evaluate._pipeline import (
     SCORING_CHUNK,
     EvalConfig,
@@ -92,26 +90,26 @@ def evaluate_daes(run_dirs: Sequence[str | Path], config: EvalConfig | None = No
     device = resolve_device(config.device)
     trained = [load_model(run_dir, config.checkpoint, device) for run_dir in runs]
     seeds = _check_one_design(runs, [state for _, state in trained])  # before minutes of evaluate_run
-    evaluation = evaluate_run(runs[0], config, dataset, progress)
+    scores = {}  # evaluate_run's per-image scores: the first DAE, the noisy input and the baselines, per level
+    evaluation = evaluate_run(runs[0], config, dataset, progress, scores=scores)
 
     dataset = dataset if dataset is not None else run_dataset(trained[0][1], config)
     clean, index, _ = evaluation_images(dataset, config)  # the images and order evaluate_run used
     clean_np = clean.numpy()
     workers = config.workers or (available_cores() if len(clean) >= 200 else 1)
     levels, arrays = [], {"seeds": np.asarray(seeds), "test_index": index}
-    with WorkerPool(workers, warm=baselines_warm_up) as pool:
+    with WorkerPool(workers) as pool:
         for noise, result in tqdm(list(zip(config.noise_models, evaluation["levels"], strict=True)),
                                   desc="DAE seeds", disable=not progress):
+            level = scores[noise.spec]
             noisy = draw_noisy(clean, noise, config.seed)  # the very draw evaluate_level scored every method on
-            noisy_np = noisy.numpy()
-            best = _best_baseline(result)
-            pending = None if best is None else pool.submit(*_baseline_job(best, result, clean_np, noisy_np))
             scoring = [pool.map_chunks(image_metrics, (clean_np, run_dae(model, noisy, config.batch_size)[0]),
-                                       SCORING_CHUNK) for model, _ in trained]
-            per_image = [pool.gather_chunks(chunks) for chunks in scoring]
+                                       SCORING_CHUNK) for model, _ in trained[1:]]
+            per_image = [level["dae"], *(pool.gather_chunks(chunks) for chunks in scoring)]
             per_dae = {name: np.stack([values[name] for values in per_image]) for name in METRICS}  # (D, N) each
-            noisy_psnr = psnr_from_mse(mse_per_image(clean_np, noisy_np))
-            baseline = None if best is None else (best, pool.result(pending)[0]["psnr"])
+            noisy_psnr = level["noisy"]["psnr"]
+            best = _best_baseline(result)
+            baseline = None if best is None else (best, level[best]["psnr"])
             levels.append(summarise_seeds(noise.spec, seeds, per_dae, noisy_psnr, baseline, seed=config.seed))
             arrays[f"psnr/{noise.spec}"] = per_dae["psnr"]
             arrays[f"noisy_psnr/{noise.spec}"] = noisy_psnr
@@ -209,22 +207,6 @@ def _best_baseline(result: dict) -> str | None:
     """The method of one evaluated level with the highest mean PSNR gain over the noisy input, the DAE aside."""
     gains = {name: gain["mean"] for name, gain in result["psnr_gain"].items() if name != "dae"}
     return max(gains, key=gains.get) if gains else None
-
-
-def _baseline_job(method: str, result: dict, clean: np.ndarray, noisy: np.ndarray) -> tuple:
-    """The :func:`score_denoiser` call that gives ``method``'s per-image scores at this level, as evaluate_level ran
-    it: the same images (the head of the subsample), noisy pixels and sigma (the draw's own or each image's
-    estimate)."""
-    name, mode = method.rsplit("@", 1)
-    n = result["psnr_gain"][method]["n"]
-    noisy_head = noisy[:n].astype(np.float64)
-    if mode == ORACLE:
-        sigmas = np.full(n, result["sigma"]["oracle"])
-    elif mode == ESTIMATED:
-        sigmas = estimate_sigmas(noisy_head)
-    else:
-        raise ValueError(f"unknown sigma mode in {method!r}")
-    return score_denoiser, name, noisy_head, clean[:n].astype(np.float64), sigmas, 0
 
 
 def _bounds(result: dict) -> dict:
