@@ -5,6 +5,8 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +192,5 @@ def test_the_script_answers_errors_in_one_line_and_has_help(ffdnet_run, shipped,
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "--measured-from-evaluation" in help_text and "RUN_DIR" in help_text and "examples:" in help_text
+    run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "--measured-from-evaluation" in run.stdout and not run.stderr

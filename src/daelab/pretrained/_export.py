@@ -67,7 +67,8 @@ def _check_written(state: dict[str, torch.Tensor], path: Path) -> None:
     written = load_file(str(path), device="cpu")
     if written.keys() != state.keys() or not all(
             written[k].dtype == state[k].dtype and torch.equal(written[k], state[k].cpu()) for k in state):
-        raise ConfigError(f"{path} does not read back as the model's state_dict", "the disk may be failing")
+        from daelab.errors import OutputError
+        raise OutputError(f"{path} does not read back as the model's state_dict", "the disk may be failing")
 
 
 def _tensor_kinds(state: dict[str, torch.Tensor]) -> str:
@@ -134,6 +135,7 @@ def export_model(run_dir: str | os.PathLike, name: str, *, directory: str | os.P
     ConfigError : an invalid name, a run directory without the checkpoint, a missing ``directory``,
         a ``data``/``measured`` that is not a dict, empty texts, or a manifest that is not one.
     CheckpointError : a checkpoint that is corrupt or not a ``daelab train`` one.
+    OutputError : the weight file written does not read back as the model's tensors.
     """
     from daelab.errors import CheckpointError, UsageError
     from daelab.pretrained import MANIFEST, PRETRAINED_DIR, _sha256
