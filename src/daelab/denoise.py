@@ -84,8 +84,16 @@ def expected_shape(model: torch.nn.Module) -> tuple[int, int] | None:
     return None
 
 
+# The largest tile side when none is given: the conv U-Net blends ramp-weighted tiles, so its tiles
+# stay at the 256 it was judged with; a model of known reach (dncnn, ffdnet) tiles exactly, so a
+# larger tile only costs memory and saves the margins' recomputation: a 512x512 image in one piece
+# took half the time of 256-pixel tiles (ffdnet 15x64, one thread; docs/natural.md).
+DEFAULT_TILE = 256
+DEFAULT_REACH_TILE = 1024
+
+
 @torch.inference_mode()
-def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int = 256, overlap: int = 32,
+def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = None, overlap: int = 32,
                   unclipped: bool = False) -> np.ndarray:
     """Denoise one grayscale image.
 
@@ -95,6 +103,8 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int = 256, ov
     image : (H, W) float array in [0, 1].
     tile : largest tile side the conv model sees at once; larger images are cut into overlapping
         ``tile`` x ``tile`` tiles whose outputs are blended with linear ramps over ``overlap`` pixels.
+        None: :data:`DEFAULT_TILE` (256), or :data:`DEFAULT_REACH_TILE` (1024) for a model of known
+        reach (``dncnn``, ``ffdnet``), whose tiles are cut exactly.
     overlap : pixels shared by neighbouring tiles (< tile).
     unclipped : accept values outside [0, 1] (an image with the protocol's unclipped ``awgn`` noise added).
 
@@ -112,9 +122,11 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int = 256, ov
                             f"{image.shape[0]}x{image.shape[1]}", "train with --model conv for any size")
         flat = torch.from_numpy(image).reshape(1, -1).to(device)
         return model(flat).reshape(shape).float().cpu().numpy()
+    reach = getattr(model, "reach", None) is not None
+    tile = (DEFAULT_REACH_TILE if reach else DEFAULT_TILE) if tile is None else tile
     if not 0 <= overlap < tile:
         raise UsageError(f"overlap {overlap} must be >= 0 and smaller than the tile {tile}")
-    if getattr(model, "reach", None) is not None:
+    if reach:
         return _denoise_reach(model, image, tile, overlap, device)
     height, width = image.shape
     if height <= tile and width <= tile:
@@ -193,7 +205,7 @@ def _flatten(arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_dir: str | os.PathLike | None = None,
                   overwrite: bool = False, add_noise: str | None = None, reference: str | os.PathLike | None = None,
-                  seed: int = 0, tile: int = 256, overlap: int = 32) -> list[dict]:
+                  seed: int = 0, tile: int | None = None, overlap: int = 32) -> list[dict]:
     """Denoise image files and write ``NAME.denoised.EXT`` for each (and ``NAME.noisy.EXT`` with ``add_noise``).
 
     Every input is read and checked (readable, an image, not too large, finite, in range, the size
@@ -217,7 +229,7 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
         raise UsageError("--reference and --add-noise both give a clean reference", "use one of them")
     if reference is not None and len(files) != 1:
         raise UsageError("--reference compares against one input file", f"got {len(files)} inputs")
-    if tile < 8 or not 0 <= overlap < tile:
+    if tile is not None and (tile < 8 or not 0 <= overlap < tile):
         raise UsageError(f"tile {tile} / overlap {overlap} invalid", "use tile >= 8 and 0 <= overlap < tile")
     noise = parse_noise(add_noise) if add_noise else None
     out_dir = Path(out_dir) if out_dir is not None else None

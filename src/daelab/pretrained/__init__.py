@@ -180,7 +180,7 @@ def resolve_model(model_arg: str | os.PathLike, checkpoint: str = "best",
                       "pass a run directory written by 'daelab train', or a shipped name; see 'daelab models'")
 
 
-def resolve_denoiser(model_arg: str | os.PathLike, checkpoint: str = "best", tile: int = 256, overlap: int = 32):
+def resolve_denoiser(model_arg: str | os.PathLike, checkpoint: str = "best", tile: int | None = None, overlap: int = 32):
     """:func:`resolve_model`'s model as :func:`daelab.evaluate.evaluate_images`' ``denoise_fn``.
 
     Like :func:`daelab.evaluate.run_denoiser`, for a run directory or a shipped name: it takes the
