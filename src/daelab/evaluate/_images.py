@@ -51,7 +51,8 @@ PUBLISHED_SET12 = {"bm3d": {15: 32.37, 25: 29.97, 50: 26.72}, "dncnn_b": {15: 32
 Denoise = Callable[[np.ndarray], np.ndarray]
 
 
-def run_denoiser(run_dir: str | os.PathLike, checkpoint: str = "best", tile: int | None = None, overlap: int = 32) -> Denoise:
+def run_denoiser(run_dir: str | os.PathLike, checkpoint: str = "best", tile: int | None = None,
+                 overlap: int = 32) -> Denoise:
     """The trained model of ``run_dir`` as :func:`evaluate_images`' ``denoise_fn``.
 
     It takes the protocol's unclipped noisy image as it is and tiles large images

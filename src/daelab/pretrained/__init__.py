@@ -5,7 +5,8 @@ statistics included) and ``manifest.json``, which lists each model: ``name``, ``
 ``model_config`` and ``train_config`` (from the checkpoint it came from), ``training_command``,
 ``data``, ``file``, ``sha256``, ``bytes``, ``measured`` (the figures it reached, with the command,
 commit and CPU class they came from) and ``licence``. A model is added by dropping in its file
-and its manifest entry; nothing else changes.
+and its manifest entry; nothing else changes: :func:`export_model` (``scripts/ship_model.py``)
+writes both from a run directory.
 
 :func:`load_pretrained` checks the file's sha256 against the manifest before reading a byte of it
 as tensors, builds the model from the manifest's config and loads the tensors with safetensors
@@ -22,11 +23,14 @@ import torch
 
 from daelab.errors import CheckpointError, ConfigError
 
-__all__ = ["MANIFEST", "PRETRAINED_DIR", "describe", "list_models", "load_pretrained", "model_names",
-           "refuse_shipped", "resolve_denoiser", "resolve_model", "shipped_name"]
+__all__ = ["MANIFEST", "PRETRAINED_DIR", "describe", "export_model", "list_models", "load_pretrained",
+           "measured_from_evaluation", "model_names", "refuse_shipped", "resolve_denoiser", "resolve_model",
+           "shipped_name"]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
+
+from daelab.pretrained._export import export_model, measured_from_evaluation  # noqa: E402  (needs the names above)
 
 
 def _manifest(directory: str | os.PathLike | None = None) -> list[dict]:
@@ -180,7 +184,8 @@ def resolve_model(model_arg: str | os.PathLike, checkpoint: str = "best",
                       "pass a run directory written by 'daelab train', or a shipped name; see 'daelab models'")
 
 
-def resolve_denoiser(model_arg: str | os.PathLike, checkpoint: str = "best", tile: int | None = None, overlap: int = 32):
+def resolve_denoiser(model_arg: str | os.PathLike, checkpoint: str = "best", tile: int | None = None,
+                     overlap: int = 32):
     """:func:`resolve_model`'s model as :func:`daelab.evaluate.evaluate_images`' ``denoise_fn``.
 
     Like :func:`daelab.evaluate.run_denoiser`, for a run directory or a shipped name: it takes the
