@@ -209,6 +209,10 @@ def refuse_shipped(model_args, what: str) -> None:
                               "'daelab models'")
 
 
+def _levels(values: dict) -> str:
+    return ", ".join(f"{noise} {value:.2f}" for noise, value in values.items())
+
+
 def describe(entries: list[dict] | None = None) -> str:
     """The table ``daelab models`` prints: name, what it is, parameters, measured figures, sha256 prefix."""
     entries = list_models() if entries is None else entries
@@ -221,7 +225,12 @@ def describe(entries: list[dict] | None = None) -> str:
         lines.append(f"  {entry.get('description', '')}")
         psnr = measured.get("psnr_db") or {}
         if psnr:
-            lines.append("  PSNR (dB): " + ", ".join(f"{noise} {value:.2f}" for noise, value in psnr.items()))
+            lines.append("  PSNR (dB): " + _levels(psnr))
+            noisy = measured.get("noisy_psnr_db") or {}
+            if noisy:
+                lines.append("  noisy input (dB): " + _levels(noisy))
+            for method, values in (measured.get("baselines_psnr_db") or {}).items():
+                lines.append(f"  {method}, same noisy images (dB): " + _levels(values))
             if measured.get("psnr_on"):
                 lines.append(f"    on {measured['psnr_on']}")
         if measured.get("val_mse") is not None:
