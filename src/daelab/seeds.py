@@ -54,7 +54,8 @@ MODEL_INIT = Stream("model_init", 0, "the DAE's initial weights (torch.manual_se
 TRAIN_NOISE = Stream("train_noise", 0, "training noise and the fused path's dropout masks; index = rank")
 VALIDATION_NOISE = Stream("validation_noise", 10007, "the fixed noise draw of the validation set")
 CODES_NOISY = Stream("codes_noisy", 20011, "the probe's noisy-codes feature")
-STREAMS = (MODEL_INIT, TRAIN_NOISE, VALIDATION_NOISE, CODES_NOISY)
+BN_RECALIBRATION = Stream("bn_recalibration", 30011, "precise BatchNorm's fixed batches (patches and noise)")
+STREAMS = (MODEL_INIT, TRAIN_NOISE, VALIDATION_NOISE, CODES_NOISY, BN_RECALIBRATION)
 
 # SeedSequence stream numbers of a probe classifier seed.
 CLASSIFIER_INIT, CLASSIFIER_DATA = 0, 1

@@ -87,6 +87,10 @@ class TrainConfig:
     lr_schedule: str = field(default="constant", metadata={
         "help": f"learning rate per epoch: constant, or cosine from --lr down to {COSINE_FLOOR:g} x --lr at the "
                 "last epoch", "choices": LR_SCHEDULES})
+    bn_recalibration: int = field(default=0, metadata={
+        "help": "before each validation, set BatchNorm's running statistics to their exact average over N fixed "
+                "training batches with the epoch's weights (precise BatchNorm; the weights' path is unchanged); "
+                "0 = PyTorch's running averages", "metavar": "N"})
 
     def __post_init__(self):
         checks = [
@@ -107,6 +111,7 @@ class TrainConfig:
             (self.patch_size is None or self.patch_size >= 1, "patch-size must be >= 1", None),
             (self.patches_per_epoch is None or self.patches_per_epoch >= 1, "patches-per-epoch must be >= 1", None),
             (self.lr_schedule in LR_SCHEDULES, f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}", None),
+            (self.bn_recalibration >= 0, "bn-recalibration must be >= 0", None),
         ]
         for ok, message, hint in checks:
             if not ok:

@@ -34,6 +34,7 @@ from daelab.models import ModelConfig, build_model, example_input
 from daelab.noise import NoiseModel, parse_noise
 from daelab.runs import CONFIG_FILE, RunLock, claim_run_dir, make_run_dir, remove_temp_files, write_json, write_metrics
 from daelab.seeds import MODEL_INIT, TRAIN_NOISE
+from daelab.train._batchnorm import batchnorm_layers, recalibrate_batchnorm, recalibration_batches
 from daelab.train._config import TrainConfig, epoch_lr, resolve_device, resolve_precision
 from daelab.train._data import TrainData, prepare_data, usable_samples
 from daelab.train._precision import WeightPolicy
@@ -97,6 +98,7 @@ class FitSetup:
     data: TrainData
     n_local: int                      # samples this process uses per epoch
     steps_per_epoch: int
+    recalibration: list | None = None  # precise BatchNorm's fixed batches (bn_recalibration > 0), else None
 
 
 def fit(model_config: ModelConfig, config: TrainConfig, run_dir: str | Path, resume: bool = False,
@@ -207,6 +209,8 @@ def _set_up(model_config: ModelConfig, config: TrainConfig, run_dir: Path, ctx: 
     setup = FitSetup(model_config, config, run_dir, ctx, device, model, optimizer, policy,
                      dist.wrap_model(policy.module, ctx, config.sync_bn), generator, parse_noise(config.noise), data,
                      n_local, math.ceil(n_local / config.batch_size))
+    if config.bn_recalibration and batchnorm_layers(model):  # drawn after the rest: no other draw moves
+        setup.recalibration = recalibration_batches(config, data)
     return setup, state
 
 
@@ -292,6 +296,8 @@ def _chunk_end(setup: FitSetup, epoch_step: int) -> int:
 def _validate(setup: FitSetup, state: FitState, totals: dict[str, float]) -> dict:
     """The epoch's metrics row, after checking that training has not diverged."""
     train_loss, seconds = totals["train_loss"], totals["epoch_seconds"]
+    if setup.recalibration is not None:  # precise BatchNorm: statistics of these weights, not a trailing average
+        recalibrate_batchnorm(setup.model, setup.recalibration, bf16=setup.policy.dtype == torch.bfloat16)
     val_loss = evaluate_loss(setup.model, setup.data.val_noisy, setup.data.val_clean)
     if not (math.isfinite(train_loss) and math.isfinite(val_loss)) or not _params_healthy(setup.model):
         raise TrainingError(f"training diverged in epoch {state.epoch + 1} (train loss {train_loss:.4g}, "
