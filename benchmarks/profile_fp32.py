@@ -19,7 +19,8 @@ again in a subprocess under ``DAELAB_ISA=avx2`` (the cap set before torch is imp
 oneDNN and ATen run their AVX2 code too, and the kernels their AVX2 build): the AVX2 machine as
 this one can play it. Last, a profile of one fp32 step before (PyTorch's ops) and after (fused):
 self time of each op under ``torch.profiler``, the C kernels timed as ``kernel::<name>`` records,
-grouped into matrix products, elementwise work, Adam, and the rest.
+grouped into matrix products, elementwise work, Adam, and the rest. Between the two, the fused
+step's time beyond the model-GEMM ceiling without the profiler (:func:`step_budget`).
 
     python benchmarks/profile_fp32.py [--rounds 30] [--steps 12] [--no-avx2-child] [--json out.json]
 """
@@ -194,6 +195,45 @@ def profile(clean: torch.Tensor, fused: bool, steps: int = 20) -> dict:
             "top_ops_ms": dict(sorted(top.items(), key=lambda kv: -kv[1])[:12])}
 
 
+def _best_ms(fn, repeats: int = 30) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return min(times) * 1e3
+
+
+def step_budget(clean: torch.Tensor, gemm_gflops: float) -> dict:
+    """Where the fused fp32 step's time beyond the model-GEMM ceiling goes, without the profiler.
+
+    Best of 30 on one fixed batch: the whole fused step, its forward+backward, and their difference
+    (Adam, as it runs right after the backward), beside the time the model's matrix products take at
+    the ceiling. ``budget_85_ms`` is what a step may spend beyond them to reach 85% of the ceiling.
+    """
+    contender = Daelab(clean, 4, "fp32", fused=True)
+    contender.run()
+    policy, index = contender.policy, torch.arange(BATCH)
+    step_ms = _best_ms(lambda: policy.step(clean, index, contender.noise, contender.generator))
+    forward_backward_ms = _best_ms(lambda: policy.forward_backward(clean, index, contender.noise, contender.generator))
+    gemm_ms = train_flops_per_sample(build_model(ModelConfig())) * BATCH / (gemm_gflops * 1e9) * 1e3
+    return {"gemm_ms": gemm_ms, "step_ms": step_ms, "forward_backward_ms": forward_backward_ms,
+            "adam_ms": step_ms - forward_backward_ms, "rest_ms": forward_backward_ms - gemm_ms,
+            "fraction_of_ceiling": gemm_ms / step_ms, "budget_85_ms": gemm_ms / 0.85 - gemm_ms}
+
+
+def print_budget(budget: dict, threads: int) -> None:
+    print(f"\n### The fused fp32 step against its ceiling ({threads} threads, best of 30, one fixed batch)")
+    print("| part | ms per step |\n|---|---:|")
+    print(f"| the model's matrix products at the model-GEMM ceiling | {budget['gemm_ms']:.2f} |")
+    print(f"| forward+backward beyond that (C kernels, the products' shortfall in the step, Python) "
+          f"| {budget['rest_ms']:.2f} |")
+    print(f"| Adam (step - forward+backward) | {budget['adam_ms']:.2f} |")
+    print(f"| **fused step** ({budget['fraction_of_ceiling']:.0%} of the ceiling) | **{budget['step_ms']:.2f}** |")
+    print(f"85% of the ceiling leaves {budget['budget_85_ms']:.2f} ms per step beyond the products.")
+
+
 def print_tables(result: dict, title: str) -> None:
     print(f"\n### {title}\n{result['cpu']}; {result['threads']} threads; auto path here: {result['kernel_path']}")
     print(f"model-GEMM rate (best of {result['rounds']} rounds): "
@@ -239,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     print_tables(result, "native ISA")
     results = {"native": result}
+    results["budget"] = step_budget(clean, result["gemm_gflops"]["fp32"])
+    print_budget(results["budget"], result["threads"])
     if not args.no_avx2_child:
         env = dict(os.environ, DAELAB_ISA="avx2")
         child = subprocess.run([sys.executable, __file__, "--isa-child", "--rounds", str(args.rounds), "--steps",
