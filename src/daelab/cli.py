@@ -208,6 +208,8 @@ def _add_evaluate(sub) -> None:
                         help="classical denoisers beside it, comma-separated or none (default with --images: bm3d, "
                              "skipped with a note where the optional bm3d package is missing)")
     images.add_argument("--out", type=Path, metavar="OUT", help="where --images writes (default: RUN_DIR/images-DIR)")
+    images.add_argument("--ensemble", type=int, default=1, choices=(1, 8),
+                        help="8: score the model averaged over each image's 8 flips and 90-degree rotations")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -219,9 +221,12 @@ def _run_evaluate_images(args) -> int:
     name = shipped_name(args.run_dirs[0])
     default = Path(f"images-{args.images.name}-{name}") if name else args.run_dirs[0] / f"images-{args.images.name}"
     out = args.out or default
-    result = evaluate_images(resolve_denoiser(args.run_dirs[0], args.checkpoint or "best"), args.images,
+    denoise_fn = resolve_denoiser(args.run_dirs[0], args.checkpoint or "best", ensemble=args.ensemble)
+    result = evaluate_images(denoise_fn, args.images,
                              noise=" ".join(args.noise or ["awgn:15,25,50"]), baselines=args.denoisers or "bm3d",
-                             seed=args.seed or 0, out=out, progress=not args.no_progress)
+                             seed=args.seed or 0, out=out, progress=not args.no_progress,
+                             model={"model": str(args.run_dirs[0]), "checkpoint": args.checkpoint or "best",
+                                    "ensemble": args.ensemble})
     print(format_images_markdown(result))
     print(f"wrote {out / 'evaluation.json'}")
     return 0
@@ -353,6 +358,8 @@ def _add_denoise(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default: 0)")
     p.add_argument("--tile", type=int, default=None,
                    help="largest tile side (default: 256 for the conv model, 1024 for dncnn/ffdnet, tiled exactly)")
+    p.add_argument("--ensemble", type=int, default=1, choices=(1, 8),
+                   help="8: average the model over the image's 8 flips and 90-degree rotations (8x the time)")
     p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (default: 32)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
     p.set_defaults(func=_run_denoise)
@@ -363,7 +370,8 @@ def _run_denoise(args) -> int:
     from daelab.pretrained import resolve_model
     model, _ = resolve_model(args.run_dir, args.checkpoint)
     results = denoise_files(model, args.files, out_dir=args.out, overwrite=args.overwrite, add_noise=args.add_noise,
-                            reference=args.reference, seed=args.seed, tile=args.tile, overlap=args.overlap)
+                            reference=args.reference, seed=args.seed, tile=args.tile, overlap=args.overlap,
+                            ensemble=args.ensemble)
     for result in results:
         line = f"{result['input']} -> {result['output']}"
         if result["psnr_denoised"] is not None:

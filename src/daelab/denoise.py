@@ -92,9 +92,37 @@ DEFAULT_TILE = 256
 DEFAULT_REACH_TILE = 1024
 
 
+ENSEMBLES = (1, 8)  # 1: the model as it is; 8: the mean over the 8 flips and 90-degree rotations
+
+
+def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Transform ``k`` (0-7) of the dihedral group on the last two dims: k % 4 quarter turns, then a flip if k >= 4."""
+    x = torch.rot90(x, k % 4, (-2, -1))
+    return x.flip(-1) if k >= 4 else x
+
+
+def _undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The inverse of :func:`_dihedral` ``k``."""
+    x = x.flip(-1) if k >= 4 else x
+    return torch.rot90(x, -(k % 4), (-2, -1))
+
+
+def _forward(model: torch.nn.Module, batch: torch.Tensor, ensemble: int) -> torch.Tensor:
+    """``model(batch)`` on (1, 1, H, W), or with ``ensemble`` 8 the mean of the model over the 8 dihedral
+    transforms of the input, each transformed back (geometric self-ensemble), summed in a fixed order."""
+    layout = {"memory_format": torch.channels_last} if batch.is_contiguous(memory_format=torch.channels_last) else {}
+    if ensemble == 1:
+        return model(batch)
+    total = None
+    for k in range(ensemble):
+        out = _undo_dihedral(model(_dihedral(batch, k).contiguous(**layout)).float(), k)
+        total = out if total is None else total + out
+    return total / ensemble
+
+
 @torch.inference_mode()
 def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = None, overlap: int = 32,
-                  unclipped: bool = False) -> np.ndarray:
+                  unclipped: bool = False, ensemble: int = 1) -> np.ndarray:
     """Denoise one grayscale image.
 
     Parameters
@@ -107,12 +135,17 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
         reach (``dncnn``, ``ffdnet``), whose tiles are cut exactly.
     overlap : pixels shared by neighbouring tiles (< tile).
     unclipped : accept values outside [0, 1] (an image with the protocol's unclipped ``awgn`` noise added).
+    ensemble : 1, or 8 for the mean of the model over the image's 8 flips and 90-degree rotations
+        (geometric self-ensemble: 8x the time; image models only).
 
     Returns
     -------
     (H, W) float32 array in [0, 1].
     """
     image = _check_image(image, in_range=not unclipped)
+    if ensemble not in ENSEMBLES:
+        raise UsageError(f"ensemble {ensemble} is not one of {', '.join(map(str, ENSEMBLES))}",
+                         "use 1 (the model as it is) or 8 (flips and rotations)")
     model.eval()
     device = next(model.parameters()).device
     shape = expected_shape(model)
@@ -120,6 +153,9 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
         if image.shape != shape:
             raise DataError(f"model {model.config.name!r} needs {shape[0]}x{shape[1]} images, got "
                             f"{image.shape[0]}x{image.shape[1]}", "train with --model conv for any size")
+        if ensemble != 1:
+            raise UsageError(f"model {model.config.name!r} sees flat 28x28 vectors: ensemble {ensemble} is for "
+                             "image models", "use ensemble 1, or an image model (conv, dncnn, ffdnet)")
         flat = torch.from_numpy(image).reshape(1, -1).to(device)
         return model(flat).reshape(shape).float().cpu().numpy()
     reach = getattr(model, "reach", None) is not None
@@ -127,11 +163,11 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
     if not 0 <= overlap < tile:
         raise UsageError(f"overlap {overlap} must be >= 0 and smaller than the tile {tile}")
     if reach:
-        return _denoise_reach(model, image, tile, overlap, device)
+        return _denoise_reach(model, image, tile, overlap, device, ensemble)
     height, width = image.shape
     if height <= tile and width <= tile:
         batch = torch.from_numpy(image)[None, None].to(device)
-        return model(batch)[0, 0].float().cpu().numpy()
+        return _forward(model, batch, ensemble)[0, 0].float().cpu().numpy()
     total = np.zeros((height, width), np.float32)
     weight_sum = np.zeros((height, width), np.float32)
     rows, cols = _starts(height, tile, tile - overlap), _starts(width, tile, tile - overlap)
@@ -139,7 +175,7 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
         for left in cols:
             patch = image[top:top + tile, left:left + tile]
             batch = torch.from_numpy(np.ascontiguousarray(patch))[None, None].to(device)  # (1, 1, h, w)
-            out = model(batch)[0, 0].float().cpu().numpy()
+            out = _forward(model, batch, ensemble)[0, 0].float().cpu().numpy()
             h, w = patch.shape
             weights = np.outer(_ramp(h, overlap, top > 0, top + h < height),
                                _ramp(w, overlap, left > 0, left + w < width))
@@ -149,12 +185,14 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
 
 
 def _denoise_reach(model: torch.nn.Module, image: np.ndarray, tile: int, overlap: int,
-                   device: torch.device) -> np.ndarray:
+                   device: torch.device, ensemble: int = 1) -> np.ndarray:
     """A model of known receptive field through :func:`~daelab.tiling.tile_apply`, exact across tile cuts.
 
     The margin is the model's ``reach`` and the overlap at least ``2 * reach + 2`` (the tile grows to
     fit it if it must). A model working on 2x2 blocks (``scale`` 2) sees an image padded to even
     sides, so that every tile starts on the block grid the whole image has; the output is cropped back.
+    The self-ensemble runs inside each tile: a flip or quarter turn of an even-sided tile keeps that
+    grid and the model's reach, so tiles stay exact with it.
     """
     from daelab.tiling import tile_apply
     reach, scale = int(model.reach), int(getattr(model, "scale", 1))
@@ -167,7 +205,7 @@ def _denoise_reach(model: torch.nn.Module, image: np.ndarray, tile: int, overlap
 
     def run(patch: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(patch)[None, None].to(device).contiguous(memory_format=torch.channels_last)
-        return model(batch)[0, 0].float().cpu().numpy()
+        return _forward(model, batch, ensemble)[0, 0].float().cpu().numpy()
 
     return tile_apply(run, padded, tile=tile, overlap=overlap, margin=reach)[:height, :width]
 
@@ -188,15 +226,15 @@ def output_path(path: Path, kind: str, out_dir: Path | None) -> Path:
 
 @torch.inference_mode()
 def _denoise_array(model, array: np.ndarray, tile: int, overlap: int, batch_size: int = 1024,
-                   unclipped: bool = False) -> np.ndarray:
+                   unclipped: bool = False, ensemble: int = 1) -> np.ndarray:
     if array.ndim == 2:
-        return denoise_image(model, array, tile, overlap, unclipped)
+        return denoise_image(model, array, tile, overlap, unclipped, ensemble)
     model.eval()
-    if model.input_layout == "flat":  # a stack of small images: batch it rather than loop
+    if model.input_layout == "flat" and ensemble == 1:  # a stack of small images: batch it rather than loop
         device = next(model.parameters()).device
         flat = torch.from_numpy(np.ascontiguousarray(array)).reshape(len(array), -1)
         return in_batches(model, flat, batch_size, device).reshape(array.shape).numpy()
-    return np.stack([denoise_image(model, image, tile, overlap, unclipped) for image in array])
+    return np.stack([denoise_image(model, image, tile, overlap, unclipped, ensemble) for image in array])
 
 
 def _flatten(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -205,7 +243,7 @@ def _flatten(arrays: dict[str, np.ndarray]) -> np.ndarray:
 
 def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_dir: str | os.PathLike | None = None,
                   overwrite: bool = False, add_noise: str | None = None, reference: str | os.PathLike | None = None,
-                  seed: int = 0, tile: int | None = None, overlap: int = 32) -> list[dict]:
+                  seed: int = 0, tile: int | None = None, overlap: int = 32, ensemble: int = 1) -> list[dict]:
     """Denoise image files and write ``NAME.denoised.EXT`` for each (and ``NAME.noisy.EXT`` with ``add_noise``).
 
     Every input is read and checked (readable, an image, not too large, finite, in range, the size
@@ -217,6 +255,7 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
     add_noise : a noise spec (``gaussian:0.1``) to corrupt the inputs with first (seeded ``seed``);
         PSNR is then reported against the clean inputs.
     reference : a clean file with the same images as the (single) input; PSNR is reported against it.
+    ensemble : 1, or 8 for the geometric self-ensemble (see :func:`denoise_image`).
 
     Returns
     -------
@@ -231,6 +270,9 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
         raise UsageError("--reference compares against one input file", f"got {len(files)} inputs")
     if tile is not None and (tile < 8 or not 0 <= overlap < tile):
         raise UsageError(f"tile {tile} / overlap {overlap} invalid", "use tile >= 8 and 0 <= overlap < tile")
+    if ensemble not in ENSEMBLES or (ensemble != 1 and model.input_layout == "flat"):
+        raise UsageError(f"ensemble {ensemble} is for image models, as 1 or 8 (flips and rotations)",
+                         "use --ensemble 1, or an image model (conv, dncnn, ffdnet)")
     noise = parse_noise(add_noise) if add_noise else None
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
@@ -254,7 +296,7 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
             given = {key: noise(torch.from_numpy(value), generator).numpy() for key, value in given.items()}
             writes.append((item.outputs["noisy"], given, item))
         unclipped = noise is not None and not noise.clipped  # awgn leaves the noisy values outside [0, 1]
-        denoised = {key: _denoise_array(model, value, tile, overlap, unclipped=unclipped)
+        denoised = {key: _denoise_array(model, value, tile, overlap, unclipped=unclipped, ensemble=ensemble)
                     for key, value in given.items()}
         writes.append((item.outputs["denoised"], denoised, item))
         result = {"input": str(item.path), "output": str(item.outputs["denoised"]),

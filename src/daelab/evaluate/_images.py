@@ -97,7 +97,8 @@ def _published(folder: ImageFolder, noise: NoiseModel) -> dict[str, float] | Non
 
 def evaluate_images(denoise_fn: Denoise | None, images_dir: str | os.PathLike, noise: str = "awgn:15,25,50",
                     baselines: str | Sequence[str] = ("bm3d",), seed: int = 0, out: str | os.PathLike | None = None,
-                    colour: str = "refuse", figure_images: int = 3, crop: int = 96, progress: bool = True) -> dict:
+                    colour: str = "refuse", figure_images: int = 3, crop: int = 96, progress: bool = True,
+                    model: dict | None = None) -> dict:
     """Score a denoiser and classical baselines on every image of a folder, under the Set12 protocol.
 
     Parameters
@@ -115,6 +116,8 @@ def evaluate_images(denoise_fn: Denoise | None, images_dir: str | os.PathLike, n
     colour : how the folder treats colour files (``"refuse"`` or ``"luma"``).
     figure_images, crop : the crops figure shows the central ``crop`` x ``crop`` pixels of the first
         ``figure_images`` images at the middle noise level of the list.
+    model : what ``denoise_fn`` is (e.g. ``{"model": "natural-gray", "ensemble": 8}``), recorded as
+        ``result["model"]`` and in the Markdown's first lines.
 
     Returns
     -------
@@ -164,6 +167,7 @@ def evaluate_images(denoise_fn: Denoise | None, images_dir: str | os.PathLike, n
         "images": folder.names,
         "noise": [n.spec for n in noises],
         "seed": seed,
+        "model": model or {},
         "protocol": {
             "noise": {n.spec: n.meaning for n in noises},
             "noise_draw": "one draw per (image, noise) from daelab.seeds.image_noise_generator(seed, spec, name)",
@@ -199,6 +203,8 @@ def format_images_markdown(result: dict) -> str:
     """The evaluation as Markdown: one table per noise level (method, PSNR, SSIM, seconds per image)."""
     lines = [f"# Denoising on {result['images_dir']} ({len(result['images'])} images, seed {result['seed']})", "",
              "Protocol: " + result["protocol"]["quantization"] + "; baselines told the true std.", ""]
+    if result.get("model"):
+        lines[2:2] = ["Model: " + ", ".join(f"{key} {value}" for key, value in result["model"].items()), ""]
     for spec in result["noise"]:
         rows = [row for row in result["image_results"] if row["noise"] == spec]
         reference = result["published"].get(spec, {})

@@ -185,7 +185,7 @@ def resolve_model(model_arg: str | os.PathLike, checkpoint: str = "best",
 
 
 def resolve_denoiser(model_arg: str | os.PathLike, checkpoint: str = "best", tile: int | None = None,
-                     overlap: int = 32):
+                     overlap: int = 32, ensemble: int = 1):
     """:func:`resolve_model`'s model as :func:`daelab.evaluate.evaluate_images`' ``denoise_fn``.
 
     Like :func:`daelab.evaluate.run_denoiser`, for a run directory or a shipped name: it takes the
@@ -193,7 +193,7 @@ def resolve_denoiser(model_arg: str | os.PathLike, checkpoint: str = "best", til
     """
     from daelab.denoise import denoise_image
     model, _ = resolve_model(model_arg, checkpoint)
-    return lambda noisy: denoise_image(model, noisy, tile=tile, overlap=overlap, unclipped=True)
+    return lambda noisy: denoise_image(model, noisy, tile=tile, overlap=overlap, unclipped=True, ensemble=ensemble)
 
 
 def refuse_shipped(model_args, what: str) -> None:
