@@ -59,10 +59,8 @@ def run_denoiser(run_dir: str | os.PathLike, checkpoint: str = "best", tile: int
     (:func:`daelab.denoise.denoise_image`); a model that needs one image size (the study's MLP)
     refuses other sizes with a one-line error.
     """
-    from daelab.denoise import denoise_image
-    from daelab.runs import load_model
-    model, _ = load_model(run_dir, checkpoint)
-    return lambda noisy: denoise_image(model, noisy, tile=tile, overlap=overlap, unclipped=True)
+    from daelab.pretrained import resolve_denoiser
+    return resolve_denoiser(run_dir, checkpoint, tile=tile, overlap=overlap)
 
 
 def draw_noisy_image(clean_uint8: np.ndarray, noise: NoiseModel, seed: int, name: str) -> np.ndarray:

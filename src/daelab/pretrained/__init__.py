@@ -39,12 +39,15 @@ def _manifest(directory: str | os.PathLike | None = None) -> list[dict]:
     path = Path(directory or PRETRAINED_DIR) / MANIFEST
     if not path.is_file():
         raise ConfigError(f"no shipped-model manifest at {path}", "reinstall daelab")
-    manifest = read_json(path)
+    return check_manifest(read_json(path), path, "reinstall daelab")["models"]
+
+
+def check_manifest(manifest, path: Path, hint: str) -> dict:
+    """``manifest`` if it is one (a dict with a ``models`` list of named entries), else a ConfigError with ``hint``."""
     models = manifest.get("models") if isinstance(manifest, dict) else None
     if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in models):
-        raise ConfigError(f"{path} is not a shipped-model manifest (no 'models' list of named entries)",
-                          "reinstall daelab")
-    return models
+        raise ConfigError(f"{path} is not a shipped-model manifest (no 'models' list of named entries)", hint)
+    return manifest
 
 
 def list_models(directory: str | os.PathLike | None = None) -> list[dict]:
@@ -188,7 +191,7 @@ def resolve_denoiser(model_arg: str | os.PathLike, checkpoint: str = "best", til
                      overlap: int = 32, ensemble: int = 1):
     """:func:`resolve_model`'s model as :func:`daelab.evaluate.evaluate_images`' ``denoise_fn``.
 
-    Like :func:`daelab.evaluate.run_denoiser`, for a run directory or a shipped name: it takes the
+    For a run directory or a shipped name (:func:`daelab.evaluate.run_denoiser` calls it): it takes the
     protocol's unclipped noisy image as it is and tiles large images.
     """
     from daelab.denoise import denoise_image

@@ -40,15 +40,11 @@ def validate_name(name: str) -> str:
 
 def _read_manifest(path: Path) -> dict:
     """The whole manifest dict at ``path`` (a new, empty one where there is no file)."""
+    from daelab.pretrained import check_manifest
     from daelab.runs import read_json
     if not path.exists():
         return {"version": MANIFEST_VERSION, "models": []}
-    manifest = read_json(path)
-    models = manifest.get("models") if isinstance(manifest, dict) else None
-    if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in models):
-        raise ConfigError(f"{path} is not a shipped-model manifest (no 'models' list of named entries)",
-                          "fix or remove it")
-    return manifest
+    return check_manifest(read_json(path), path, "fix or remove it")
 
 
 def _save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
