@@ -3,7 +3,7 @@
 :func:`denoise_image` runs a model on one grayscale image (H, W) in [0, 1]: the MLP needs its
 training size (28x28); the fully convolutional models take any size and, above ``tile`` pixels a
 side, work on overlapping tiles, so memory stays bounded by the tile. The natural-image models
-(``dncnn``, ``ffdnet``: a ``reach`` attribute, their receptive field's extent) go through
+(``dncnn``, ``ffdnet``, ``resunet``: a ``reach`` attribute, their receptive field's extent) go through
 :func:`daelab.tiling.tile_apply` with its margin at least their reach, which makes the tiled output
 the whole-image output (to float rounding) and seamless; the ``conv`` U-Net keeps its linear ramps
 (its noise estimate spans the whole tile, so no margin makes tiles exact, and tile_apply's blend
@@ -85,7 +85,7 @@ def expected_shape(model: torch.nn.Module) -> tuple[int, int] | None:
 
 
 # The largest tile side when none is given: the conv U-Net blends ramp-weighted tiles, so its tiles
-# stay at the 256 it was judged with; a model of known reach (dncnn, ffdnet) tiles exactly, so a
+# stay at the 256 it was judged with; a model of known reach (dncnn, ffdnet, resunet) tiles exactly, so a
 # larger tile only costs memory and saves the margins' recomputation: a 512x512 image in one piece
 # took half the time of 256-pixel tiles (ffdnet 15x64, one thread; docs/natural.md).
 DEFAULT_TILE = 256
@@ -132,7 +132,7 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
     tile : largest tile side the conv model sees at once; larger images are cut into overlapping
         ``tile`` x ``tile`` tiles whose outputs are blended with linear ramps over ``overlap`` pixels.
         None: :data:`DEFAULT_TILE` (256), or :data:`DEFAULT_REACH_TILE` (1024) for a model of known
-        reach (``dncnn``, ``ffdnet``), whose tiles are cut exactly.
+        reach (``dncnn``, ``ffdnet``, ``resunet``), whose tiles are cut exactly.
     overlap : pixels shared by neighbouring tiles (< tile).
     unclipped : accept values outside [0, 1] (an image with the protocol's unclipped ``awgn`` noise added).
     ensemble : 1, or 8 for the mean of the model over the image's 8 flips and 90-degree rotations
@@ -155,7 +155,7 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
                             f"{image.shape[0]}x{image.shape[1]}", "train with --model conv for any size")
         if ensemble != 1:
             raise UsageError(f"model {model.config.name!r} sees flat 28x28 vectors: ensemble {ensemble} is for "
-                             "image models", "use ensemble 1, or an image model (conv, dncnn, ffdnet)")
+                             "image models", "use ensemble 1, or an image model (conv, dncnn, ffdnet, resunet)")
         flat = torch.from_numpy(image).reshape(1, -1).to(device)
         return model(flat).reshape(shape).float().cpu().numpy()
     reach = getattr(model, "reach", None) is not None
@@ -189,10 +189,11 @@ def _denoise_reach(model: torch.nn.Module, image: np.ndarray, tile: int, overlap
     """A model of known receptive field through :func:`~daelab.tiling.tile_apply`, exact across tile cuts.
 
     The margin is the model's ``reach`` and the overlap at least ``2 * reach + 2`` (the tile grows to
-    fit it if it must). A model working on 2x2 blocks (``scale`` 2) sees an image padded to even
-    sides, so that every tile starts on the block grid the whole image has; the output is cropped back.
-    The self-ensemble runs inside each tile: a flip or quarter turn of an even-sided tile keeps that
-    grid and the model's reach, so tiles stay exact with it.
+    fit it if it must). A model working on blocks (``scale`` 2 for ffdnet's 2x2 folding, 4 for the
+    U-Net's two stride-2 levels) sees an image padded to a multiple of ``scale``, so that every tile
+    starts on the block grid the whole image has; the output is cropped back. The self-ensemble runs
+    inside each tile: a flip or quarter turn of a tile whose sides are multiples of ``scale`` keeps
+    that grid and the model's reach, so tiles stay exact with it.
     """
     from daelab.tiling import tile_apply
     reach, scale = int(model.reach), int(getattr(model, "scale", 1))
@@ -272,7 +273,7 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
         raise UsageError(f"tile {tile} / overlap {overlap} invalid", "use tile >= 8 and 0 <= overlap < tile")
     if ensemble not in ENSEMBLES or (ensemble != 1 and model.input_layout == "flat"):
         raise UsageError(f"ensemble {ensemble} is for image models, as 1 or 8 (flips and rotations)",
-                         "use --ensemble 1, or an image model (conv, dncnn, ffdnet)")
+                         "use --ensemble 1, or an image model (conv, dncnn, ffdnet, resunet)")
     noise = parse_noise(add_noise) if add_noise else None
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():

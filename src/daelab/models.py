@@ -464,11 +464,12 @@ def _build_ffdnet(config: ModelConfig) -> nn.Module:
 class ResUNetDenoiser(nn.Module):
     """A three-level residual U-Net that predicts the noise: ``denoised = noisy - net(noisy)``, any H, W.
 
-    With ``c = config.channels``, widths c, 2c, 4c at full, half and quarter resolution: conv 1->c +
-    ReLU and one conv+BatchNorm+ReLU at full resolution; down by a stride-2 conv to 2c (two
-    conv+BN+ReLU), again to 4c (three: the code, (N, 4c, H/4, W/4)); up by 2x2 transposed convs,
-    each added to the skip of its level, then two (half) and one (full resolution) conv+BN+ReLU and
-    a last conv c->1 that starts at zero (the untrained model is the identity). Sides are padded by
+    With ``c = config.channels``, widths c, 2c, 4c at full, half and quarter resolution, all convs
+    3x3: conv 1->c + ReLU, conv+BatchNorm+ReLU (the full-resolution skip); two conv+BN+ReLU to 2c,
+    the first with stride 2 (the half-resolution skip); three to 4c, the first with stride 2 (the
+    code, (N, 4c, H/4, W/4)); a 2x2 transposed conv up to 2c, plus the skip, two conv+BN+ReLU; a
+    2x2 transposed conv up to c, plus the skip, one conv+BN+ReLU; a last conv c->1 that starts at
+    zero (the untrained model is the identity). ``config.depth`` and ``batch_norm`` do not apply. Sides are padded by
     edge replication to a multiple of 4 and the output cropped back. As with ``dncnn`` and
     ``ffdnet``, training sees the unclipped output and eval mode clips it to [0, 1]. ``reach`` (24)
     is the receptive field's extent from an output pixel, ``scale`` (4) the grid that tiles must

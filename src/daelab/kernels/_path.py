@@ -49,7 +49,7 @@ def choose_path(device: torch.device, precision: str = "auto", kernels: str = "a
         Under DDP: the fused step is single-process, so PyTorch's ops.
     layout : str
         The model's ``input_layout``: the fused step is the flat MLP's, so an ``image`` model (conv,
-        dncnn, ffdnet) trains on PyTorch's ops at the chosen precision.
+        dncnn, ffdnet, resunet) trains on PyTorch's ops at the chosen precision.
 
     Returns
     -------

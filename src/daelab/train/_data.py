@@ -159,7 +159,7 @@ def _prepare_folder(config: TrainConfig, layout: str, device: torch.device) -> T
     """TrainData of an image folder: its first epoch's patches and the fixed noisy validation patches."""
     if layout != "image":
         raise ConfigError(f"{config.data_dir} is an image folder, which the flat MLP cannot train on",
-                          "train a fully convolutional model on it: --model dncnn, ffdnet or conv")
+                          "train a fully convolutional model on it: --model resunet, dncnn, ffdnet or conv")
     if config.subset is not None:
         raise ConfigError("--subset applies to tensor datasets", "use --patches-per-epoch for an image folder")
     folder = load_image_folder(config.data_dir)
