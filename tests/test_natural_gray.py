@@ -45,7 +45,7 @@ def awgn(clean: np.ndarray, std: float, seed: int) -> np.ndarray:
 
 def test_manifest_entry_says_what_it_is_and_what_it_measured():
     entry = next(e for e in list_models() if e["name"] == "natural-gray")
-    assert entry["model_config"]["name"] == "ffdnet"
+    assert entry["model_config"]["name"] == "resunet"
     assert entry["train_config"]["noise"] == "awgn_range:0-55"
     measured = entry["measured"]
     for noise in ("awgn:15", "awgn:25", "awgn:50"):
