@@ -277,6 +277,14 @@ def estimate_noise_std(images: torch.Tensor) -> torch.Tensor:
     return diagonal.abs().reshape(n, -1).median(dim=1).values.reshape(n, 1, 1, 1) * _MAD_TO_STD
 
 
+def _pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (N, C, H, W) on the bottom and right by edge replication so that H and W divide by ``multiple``."""
+    pad_h, pad_w = -images.shape[-2] % multiple, -images.shape[-1] % multiple
+    if pad_h or pad_w:
+        images = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+    return images
+
+
 class ConvDAE(nn.Module):
     """Fully convolutional residual U-Net DAE: (N, 1, H, W) -> (N, 1, H, W) for any H, W.
 
@@ -311,11 +319,7 @@ class ConvDAE(nn.Module):
 
     @staticmethod
     def _pad(images: torch.Tensor) -> torch.Tensor:
-        height, width = images.shape[-2:]
-        pad_h, pad_w = -height % 4, -width % 4
-        if pad_h or pad_w:
-            images = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
-        return images
+        return _pad_to_multiple(images, 4)
 
     def encode_with_skips(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """(N, 1, H, W) -> codes (N, 2c, ceil(H/4), ceil(W/4)) and what ``decode`` needs to be exact."""
@@ -406,11 +410,7 @@ class ResidualDenoiser(nn.Module):
     def _fold(self, images: torch.Tensor) -> torch.Tensor:
         if self.scale == 1:
             return images
-        height, width = images.shape[-2:]
-        pad_h, pad_w = -height % self.scale, -width % self.scale
-        if pad_h or pad_w:
-            images = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
-        return nn.functional.pixel_unshuffle(images, self.scale)
+        return nn.functional.pixel_unshuffle(_pad_to_multiple(images, self.scale), self.scale)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) -> the last hidden feature map (N, c, ceil(H/scale), ceil(W/scale))."""
@@ -513,10 +513,7 @@ class ResUNetDenoiser(nn.Module):
 
     def encode_with_skips(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """(N, 1, H, W) -> codes (N, 4c, ceil(H/4), ceil(W/4)) and what ``decode`` needs to be exact."""
-        height, width = images.shape[-2:]
-        pad_h, pad_w = -height % 4, -width % 4
-        padded = nn.functional.pad(images, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else images
-        full = self.head(padded.contiguous(memory_format=torch.channels_last))
+        full = self.head(_pad_to_multiple(images, self.scale).contiguous(memory_format=torch.channels_last))
         half = self.down1(full)
         return self.down2(half), (images, full, half)
 
