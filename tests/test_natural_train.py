@@ -114,6 +114,35 @@ def test_resume_from_last_continues_to_the_same_weights(tmp_path, folder):
     assert lrs[0] == 3e-3 and lrs[-1] == pytest.approx(3e-5) and lrs[0] > lrs[1] > lrs[2]
 
 
+def test_a_warm_restart_keeps_the_first_cosine_and_restarts_at_its_peak():
+    from daelab.train._config import COSINE_FLOOR, epoch_lr
+    first, both = TrainConfig(epochs=5, lr_schedule="cosine"), TrainConfig(
+        epochs=8, lr_schedule="cosine", lr_restart_after=5, lr_restart_peak=0.25)
+    assert [epoch_lr(both, e) for e in range(5)] == [epoch_lr(first, e) for e in range(5)]
+    assert epoch_lr(both, 4) == pytest.approx(COSINE_FLOOR * 1e-3)
+    assert epoch_lr(both, 5) == pytest.approx(0.25e-3) and epoch_lr(both, 7) == pytest.approx(COSINE_FLOOR * 1e-3)
+    assert epoch_lr(both, 5) > epoch_lr(both, 6) > epoch_lr(both, 7)
+    for bad, match in ((dict(lr_restart_after=8), "leaves no epochs"), (dict(lr_restart_peak=0.0), "peak"),
+                       (dict(lr_schedule="constant"), "applies to the cosine")):
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**{**dict(epochs=8, lr_schedule="cosine", lr_restart_after=5), **bad})
+
+
+def test_a_finished_cosine_run_resumes_into_a_restart_as_if_trained_so(tmp_path, folder):
+    """What configs/natural-gray.toml's run did: N epochs of cosine, then resumed with a warm restart."""
+    straight, continued = tmp_path / "straight", tmp_path / "continued"
+    model = ModelConfig(name="ffdnet", **TINY)
+    fit(model, _config(folder, epochs=3, lr_schedule="cosine", lr_restart_after=2), straight, progress=False)
+    fit(model, _config(folder, epochs=2, lr_schedule="cosine"), continued, progress=False)
+    assert main(["train", "--resume", str(continued), "--epochs", "3", "--lr-restart-after", "2",
+                 "--lr-restart-peak", "0.25", "--no-progress"]) == 0
+    a, b = _weights(straight), _weights(continued)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["lr"] for r in read_metrics(continued)] == [r["lr"] for r in read_metrics(straight)]
+    assert read_metrics(straight)[-1]["lr"] == pytest.approx(0.25 * 3e-3)
+    assert load_checkpoint(continued / LAST)["train_config"]["lr_restart_after"] == 2
+
+
 def test_the_mlp_refuses_patch_options_in_one_line(tiny_dataset, tmp_path, folder, capsys):
     with pytest.raises(ConfigError, match="applies to training on an image folder"):
         fit(ModelConfig(), TrainConfig(epochs=1, patch_size=8), tmp_path / "a", dataset=tiny_dataset, progress=False)

@@ -19,7 +19,10 @@ from daelab.errors import ConfigError, DaelabError
 log = logging.getLogger("daelab")
 
 # Settings that may change when a run is resumed; everything else is the checkpoint's.
-RESUMABLE = {"epochs", "device", "threads", "data_dir", "checkpoint_every", "early_stopping"}
+# The warm restart is among them: it leaves the epochs before it as they were, so a finished cosine
+# run can be continued into a restart schedule (configs/natural-gray.toml was trained that way).
+RESUMABLE = {"epochs", "device", "threads", "data_dir", "checkpoint_every", "early_stopping", "lr_restart_after",
+             "lr_restart_peak"}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -87,6 +87,13 @@ class TrainConfig:
     lr_schedule: str = field(default="constant", metadata={
         "help": f"learning rate per epoch: constant, or cosine from --lr down to {COSINE_FLOOR:g} x --lr at the "
                 "last epoch", "choices": LR_SCHEDULES})
+    lr_restart_after: int = field(default=0, metadata={
+        "help": "cosine schedule with one warm restart: the first cosine ends after this many epochs, and the "
+                "epochs after them run a second cosine from --lr-restart-peak x --lr down to the same floor; "
+                "0 = one cosine over all epochs", "metavar": "N"})
+    lr_restart_peak: float = field(default=0.25, metadata={
+        "help": "the second cosine's starting learning rate as a fraction of --lr (with --lr-restart-after)",
+        "metavar": "F"})
     bn_recalibration: int = field(default=0, metadata={
         "help": "before each validation, set BatchNorm's running statistics to their exact average over N fixed "
                 "training batches with the epoch's weights (precise BatchNorm; the weights' path is unchanged); "
@@ -112,6 +119,14 @@ class TrainConfig:
             (self.patches_per_epoch is None or self.patches_per_epoch >= 1, "patches-per-epoch must be >= 1", None),
             (self.lr_schedule in LR_SCHEDULES, f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}", None),
             (self.bn_recalibration >= 0, "bn-recalibration must be >= 0", None),
+            (self.lr_restart_after >= 0, "lr-restart-after must be >= 0", None),
+            (self.lr_restart_after == 0 or self.lr_schedule == "cosine",
+             "lr-restart-after applies to the cosine schedule", "add --lr-schedule cosine or drop it"),
+            (self.lr_restart_after < self.epochs or self.lr_restart_after == 0,
+             f"lr-restart-after {self.lr_restart_after} leaves no epochs for the second cosine",
+             f"use fewer than --epochs ({self.epochs}) or 0"),
+            (math.isfinite(self.lr_restart_peak) and 0 < self.lr_restart_peak <= 1,
+             "lr-restart-peak must be in (0, 1]", None),
         ]
         for ok, message, hint in checks:
             if not ok:
@@ -124,11 +139,24 @@ def epoch_lr(config: TrainConfig, epoch: int) -> float:
 
     ``constant`` is ``config.lr``; ``cosine`` falls from ``lr`` at epoch 0 to ``COSINE_FLOOR * lr`` at
     the last epoch along half a cosine (so raising ``--epochs`` on a resume stretches what is left).
+    With ``lr_restart_after = N`` the first cosine spans epochs 0..N-1 alone (exactly the schedule of
+    an N-epoch run, so such a run can be resumed into this one), and epochs N.. run a second cosine
+    from ``lr_restart_peak * lr`` to the same floor.
     """
-    if config.lr_schedule == "constant" or config.epochs == 1:
+    if config.lr_schedule == "constant":
         return config.lr
     floor = COSINE_FLOOR * config.lr
-    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * epoch / (config.epochs - 1)))
+    restart = config.lr_restart_after
+    if restart and epoch >= restart:
+        return _half_cosine(config.lr_restart_peak * config.lr, floor, epoch - restart, config.epochs - restart)
+    return _half_cosine(config.lr, floor, epoch, restart or config.epochs)
+
+
+def _half_cosine(top: float, floor: float, step: int, steps: int) -> float:
+    """``top`` at step 0 down to ``floor`` at step ``steps - 1`` along half a cosine (``top`` if one step)."""
+    if steps == 1:
+        return top
+    return floor + (top - floor) * 0.5 * (1.0 + math.cos(math.pi * step / (steps - 1)))
 
 
 def resolve_device(name: str) -> torch.device:
