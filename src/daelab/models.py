@@ -317,13 +317,9 @@ class ConvDAE(nn.Module):
         # channels_last: oneDNN's convolutions run ~1.3x faster in it on a CPU; load_state_dict keeps it
         self.to(memory_format=torch.channels_last)
 
-    @staticmethod
-    def _pad(images: torch.Tensor) -> torch.Tensor:
-        return _pad_to_multiple(images, 4)
-
     def encode_with_skips(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """(N, 1, H, W) -> codes (N, 2c, ceil(H/4), ceil(W/4)) and what ``decode`` needs to be exact."""
-        padded = self._pad(images)                          # (N, 1, H4, W4)
+        padded = _pad_to_multiple(images, 4)                # (N, 1, H4, W4)
         folded = self.unshuffle(padded)                     # (N, 4, H4/2, W4/2)
         level = (10.0 * estimate_noise_std(images)).expand(-1, 1, *folded.shape[-2:])
         folded = torch.cat([folded, level], 1).contiguous(memory_format=torch.channels_last)
