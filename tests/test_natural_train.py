@@ -143,6 +143,27 @@ def test_a_finished_cosine_run_resumes_into_a_restart_as_if_trained_so(tmp_path,
     assert load_checkpoint(continued / LAST)["train_config"]["lr_restart_after"] == 2
 
 
+@pytest.mark.parametrize("flags, restart", [
+    (["--epochs", "5"], 4),                                # 40 of 56 -> 4 of 5: a short try of the recipe
+    (["--epochs", "112"], 80),                             # and a longer one keeps the shape too
+    (["--epochs", "1"], 0),                                # no epoch for either cosine: dropped
+    (["--epochs", "5", "--lr-restart-after", "2"], 2),     # the command line's own value is taken as given
+    ([], 40),                                              # the file's epochs: the file's restart
+])
+def test_a_config_files_warm_restart_scales_with_epochs_given_on_the_command_line(flags, restart):
+    from pathlib import Path
+
+    from daelab.cli import _read_config, _scale_file_restart, build_parser
+    from daelab.config import build_config
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "natural-gray.toml"
+    argv = ["train", "--config", str(recipe), *flags]
+    args = build_parser(argv).parse_args(argv)
+    values = _read_config(recipe)
+    _scale_file_restart(values, args)
+    config = build_config(TrainConfig, values, args, "train")  # valid: no "leaves no epochs" refusal
+    assert config.lr_restart_after == restart and config.epochs == int(flags[1] if flags else 56)
+
+
 def test_the_mlp_refuses_patch_options_in_one_line(tiny_dataset, tmp_path, folder, capsys):
     with pytest.raises(ConfigError, match="applies to training on an image folder"):
         fit(ModelConfig(), TrainConfig(epochs=1, patch_size=8), tmp_path / "a", dataset=tiny_dataset, progress=False)

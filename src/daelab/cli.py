@@ -114,6 +114,7 @@ def _run_train(args) -> int:
         config = from_jsonable(TrainConfig, train_values)
         run_dir = Path(args.resume)
     else:
+        _scale_file_restart(file_values, args)
         config = build_config(TrainConfig, file_values, args, "train")
         model_config = build_config(ModelConfig, file_values, args, "model")
         run_dir = args.run_dir or default_run_dir()
@@ -124,6 +125,27 @@ def _run_train(args) -> int:
         print(f"trained {result['epochs_run']} epochs into {run_dir}: final val_loss {last['val_loss']:.5f}, "
               f"best {result['best_val_loss']:.5f}")
     return 0
+
+
+def _scale_file_restart(file_values: dict | None, args) -> None:
+    """A warm restart read from a config file keeps its place in the schedule when ``--epochs`` changes.
+
+    ``configs/natural-gray.toml`` restarts after 40 of its 56 epochs; ``--config natural-gray.toml
+    --epochs 5`` (a short try of the recipe) then restarts after 4 of 5, not after 40 of 5 (no epochs
+    left for the second cosine). Only a restart from the file is scaled, and one that would leave no
+    epoch on either side is dropped; ``--lr-restart-after`` on the command line is taken as given.
+    Sets ``args.lr_restart_after`` and logs what it did.
+    """
+    train = (file_values or {}).get("train")
+    if not isinstance(train, dict) or args.epochs is None or args.lr_restart_after is not None:
+        return
+    restart, epochs = train.get("lr_restart_after"), train.get("epochs")
+    if not (isinstance(restart, int) and isinstance(epochs, int) and 0 < restart < epochs and epochs != args.epochs):
+        return
+    scaled = round(restart * args.epochs / epochs)
+    args.lr_restart_after = scaled if 0 < scaled < args.epochs else 0
+    log.info("--epochs %d: the config's warm restart after %d of %d epochs %s", args.epochs, restart, epochs,
+             f"comes after {scaled} of {args.epochs}" if args.lr_restart_after else "is dropped (too few epochs)")
 
 
 def _resumable_state(path: Path) -> dict:
