@@ -57,7 +57,7 @@ def test_the_receptive_field_is_within_the_declared_reach(phase):
     assert extent >= model.reach - 3   # the declared reach is not a loose bound
 
 
-@pytest.mark.parametrize("ensemble", [1, 8])
+@pytest.mark.parametrize("ensemble", [1, 4, 8])
 def test_tiled_denoising_equals_the_whole_image(ensemble):
     """denoise_image starts tiles on the 4-pixel grid with a margin of the reach: exact, seamless."""
     model = _model(1).eval()

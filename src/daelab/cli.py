@@ -199,6 +199,7 @@ def _run_summary(args) -> int:
 
 # --------------------------------------------------------------------------------- evaluate
 def _add_evaluate(sub) -> None:
+    from daelab.denoise import ENSEMBLE_HELP, ENSEMBLES
     from daelab.evaluate import EvalConfig
     p = sub.add_parser("evaluate", formatter_class=_Formatter, help=SUMMARIES["evaluate"],
                        description="Evaluate the DAE of RUN_DIR: MSE (R_loss), PSNR and SSIM with 95% intervals "
@@ -233,8 +234,7 @@ def _add_evaluate(sub) -> None:
                         help="classical denoisers beside it, comma-separated or none (default with --images: bm3d, "
                              "skipped with a note where the optional bm3d package is missing)")
     images.add_argument("--out", type=Path, metavar="OUT", help="where --images writes (default: RUN_DIR/images-DIR)")
-    images.add_argument("--ensemble", type=int, default=1, choices=(1, 8),
-                        help="8: score the model averaged over each image's 8 flips and 90-degree rotations")
+    images.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES, help=f"score {ENSEMBLE_HELP}")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -359,6 +359,7 @@ def _run_report(args) -> int:
 
 # ---------------------------------------------------------------------------------- denoise
 def _add_denoise(sub) -> None:
+    from daelab.denoise import ENSEMBLE_HELP, ENSEMBLES
     p = sub.add_parser("denoise", formatter_class=_Formatter, help=SUMMARIES["denoise"],
                        description="Denoise .npy/.npz arrays (an image (H, W) or a stack (N, H, W): uint8, uint16 "
                                    "or float in [0, 1]) and PNG/JPEG files: 8- and 16-bit grayscale are kept as "
@@ -383,8 +384,7 @@ def _add_denoise(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default: 0)")
     p.add_argument("--tile", type=int, default=None,
                    help="largest tile side (default: 256 for the conv model, 1024 for dncnn/ffdnet/resunet, tiled exactly)")
-    p.add_argument("--ensemble", type=int, default=1, choices=(1, 8),
-                   help="8: average the model over the image's 8 flips and 90-degree rotations (8x the time)")
+    p.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES, help=f"denoise with {ENSEMBLE_HELP}")
     p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (default: 32)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default: best)")
     p.set_defaults(func=_run_denoise)

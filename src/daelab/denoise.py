@@ -92,7 +92,13 @@ DEFAULT_TILE = 256
 DEFAULT_REACH_TILE = 1024
 
 
-ENSEMBLES = (1, 8)  # 1: the model as it is; 8: the mean over the 8 flips and 90-degree rotations
+# The geometric self-ensembles: how many dihedral transforms (:func:`_dihedral` numbers) the model's
+# outputs are averaged over, each a subgroup: 1 the model as it is, 2 with its left-right mirror, 4 the
+# four quarter turns, 8 all flips and quarter turns. n of them take n times the time.
+ENSEMBLE_TRANSFORMS = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
+ENSEMBLES = tuple(ENSEMBLE_TRANSFORMS)
+ENSEMBLE_HELP = ("1 (the model as it is), 2 (with its mirror image), 4 (the four quarter turns) or 8 (every flip "
+                 "and quarter turn): the mean of the model over so many transforms of each image, n times the time")
 
 
 def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -108,13 +114,14 @@ def _undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _forward(model: torch.nn.Module, batch: torch.Tensor, ensemble: int) -> torch.Tensor:
-    """``model(batch)`` on (1, 1, H, W), or with ``ensemble`` 8 the mean of the model over the 8 dihedral
-    transforms of the input, each transformed back (geometric self-ensemble), summed in a fixed order."""
+    """``model(batch)`` on (1, 1, H, W), or with ``ensemble`` n > 1 the mean of the model over the n dihedral
+    transforms :data:`ENSEMBLE_TRANSFORMS` names, each transformed back (geometric self-ensemble), summed
+    in a fixed order."""
     layout = {"memory_format": torch.channels_last} if batch.is_contiguous(memory_format=torch.channels_last) else {}
     if ensemble == 1:
         return model(batch)
     total = None
-    for k in range(ensemble):
+    for k in ENSEMBLE_TRANSFORMS[ensemble]:
         out = _undo_dihedral(model(_dihedral(batch, k).contiguous(**layout)).float(), k)
         total = out if total is None else total + out
     return total / ensemble
@@ -135,8 +142,8 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
         reach (``dncnn``, ``ffdnet``, ``resunet``), whose tiles are cut exactly.
     overlap : pixels shared by neighbouring tiles (< tile).
     unclipped : accept values outside [0, 1] (an image with the protocol's unclipped ``awgn`` noise added).
-    ensemble : 1, or 8 for the mean of the model over the image's 8 flips and 90-degree rotations
-        (geometric self-ensemble: 8x the time; image models only).
+    ensemble : 1, 2, 4 or 8: the mean of the model over so many flips and quarter turns of the image
+        (:data:`ENSEMBLE_TRANSFORMS`; geometric self-ensemble: n times the time; image models only).
 
     Returns
     -------
@@ -145,7 +152,7 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
     image = _check_image(image, in_range=not unclipped)
     if ensemble not in ENSEMBLES:
         raise UsageError(f"ensemble {ensemble} is not one of {', '.join(map(str, ENSEMBLES))}",
-                         "use 1 (the model as it is) or 8 (flips and rotations)")
+                         f"use {ENSEMBLE_HELP.split(':')[0]}")
     model.eval()
     device = next(model.parameters()).device
     shape = expected_shape(model)
@@ -256,7 +263,7 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
     add_noise : a noise spec (``gaussian:0.1``) to corrupt the inputs with first (seeded ``seed``);
         PSNR is then reported against the clean inputs.
     reference : a clean file with the same images as the (single) input; PSNR is reported against it.
-    ensemble : 1, or 8 for the geometric self-ensemble (see :func:`denoise_image`).
+    ensemble : 1, 2, 4 or 8, the geometric self-ensemble (see :func:`denoise_image`).
 
     Returns
     -------
@@ -272,7 +279,8 @@ def denoise_files(model: torch.nn.Module, files: list[str | os.PathLike], out_di
     if tile is not None and (tile < 8 or not 0 <= overlap < tile):
         raise UsageError(f"tile {tile} / overlap {overlap} invalid", "use tile >= 8 and 0 <= overlap < tile")
     if ensemble not in ENSEMBLES or (ensemble != 1 and model.input_layout == "flat"):
-        raise UsageError(f"ensemble {ensemble} is for image models, as 1 or 8 (flips and rotations)",
+        raise UsageError(f"ensemble {ensemble} is for image models, as {', '.join(map(str, ENSEMBLES))} "
+                         "(flips and quarter turns)",
                          "use --ensemble 1, or an image model (conv, dncnn, ffdnet, resunet)")
     noise = parse_noise(add_noise) if add_noise else None
     out_dir = Path(out_dir) if out_dir is not None else None
