@@ -7,14 +7,14 @@ For MODEL (a run directory or a shipped name; default ``natural-gray``) and a SI
   a dncnn/ffdnet model), what ``daelab denoise`` does;
 - ``tiled 256``: the same cut into 256-px tiles (bounded memory for huge images; exact for a model
   of known reach, so the ratio is the margins' cost);
-- optionally (``--ensemble``) the 8-transform self-ensemble, whole;
+- optionally (``--ensemble 2,4,8``) the self-ensembles of 2, 4 or 8 transforms, whole;
 - optionally (``--bm3d``) the ``bm3d`` package on the same noisy image, one run: the classical
   denoiser the model is compared with on Set12.
 
 The image is a real photo when ``--image`` is given (else a seeded piecewise-smooth synthetic one);
 noise is the protocol's ``awgn:25``. Best of ``--repeats`` after one warm-up run.
 
-    python benchmarks/bench_denoise.py [MODEL] [--size 512] [--threads 1,2] [--repeats 3] [--ensemble] [--bm3d]
+    python benchmarks/bench_denoise.py [MODEL] [--size 512] [--threads 1,2] [--repeats 3] [--ensemble 2,4,8] [--bm3d]
 """
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated PyTorch thread counts")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bm3d", action="store_true", help="also time the bm3d package once per thread count")
-    parser.add_argument("--ensemble", action="store_true", help="also time the 8-transform self-ensemble (best of 1)")
+    parser.add_argument("--ensemble", default="", metavar="N,N", help="also time these self-ensembles, whole, e.g. "
+                        "2,4,8 (best of 1)")
     args = parser.parse_args(argv)
 
     if args.image:
@@ -83,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = [("whole (default)", whole)]
         rows.append(("tiled 256", best_time(lambda: denoise_image(model, noisy, tile=256, unclipped=True),
                                             args.repeats)))
-        if args.ensemble:
-            rows.append(("whole, --ensemble 8", best_time(lambda: denoise_image(model, noisy, unclipped=True,
-                                                                                ensemble=8), 1)))
+        for n in (int(n) for n in args.ensemble.split(",") if n):
+            rows.append((f"whole, --ensemble {n}", best_time(lambda: denoise_image(model, noisy, unclipped=True,
+                                                                                   ensemble=n), 1)))
         if args.bm3d:
             import bm3d
             start = time.perf_counter()

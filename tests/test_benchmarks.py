@@ -94,11 +94,11 @@ def test_plain_loop_trains_the_study_model_on_the_same_images(idx_dir):
 def test_bench_denoise_prints_seconds_per_megapixel_for_the_shipped_model():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(BENCHMARKS / "bench_denoise.py"), "natural-gray", "--size", "96", "--threads", "1",
-           "--repeats", "1"]
+           "--repeats", "1", "--ensemble", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=True).stdout
     assert "CPU: " in out and "ISA class" in out and "96x96 (0.009 MP)" in out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 1 |")]
-    assert [row[1].strip() for row in rows] == ["whole (default)", "tiled 256"]
+    assert [row[1].strip() for row in rows] == ["whole (default)", "tiled 256", "whole, --ensemble 2"]
     for row in rows:  # seconds and s/MP are both printed rounded
         seconds, per_mp, ratio = (float(cell) for cell in row[2:])
         assert seconds > 0 and math.isclose(per_mp, seconds / 0.009216, rel_tol=0.1, abs_tol=0.06)
