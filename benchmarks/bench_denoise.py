@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("tiled 256", best_time(lambda: denoise_image(model, noisy, tile=256, unclipped=True),
                                             args.repeats)))
         for n in (int(n) for n in args.ensemble.split(",") if n):
-            rows.append((f"whole, --ensemble {n}", best_time(lambda: denoise_image(model, noisy, unclipped=True,
-                                                                                   ensemble=n), 1)))
+            rows.append((f"whole, --ensemble {n}", best_time(lambda n=n: denoise_image(model, noisy, unclipped=True,
+                                                                                     ensemble=n), 1)))
         if args.bm3d:
             import bm3d
             start = time.perf_counter()

@@ -383,7 +383,8 @@ def _add_denoise(sub) -> None:
                    help="a clean version of the (single) input: report PSNR against it")
     p.add_argument("--seed", type=int, default=0, help="seed of --add-noise (default: 0)")
     p.add_argument("--tile", type=int, default=None,
-                   help="largest tile side (default: 256 for the conv model, 1024 for dncnn/ffdnet/resunet, tiled exactly)")
+                   help="largest tile side (default: 256 for the conv model, 1024 for dncnn/ffdnet/resunet, tiled "
+                        "exactly)")
     p.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES, help=f"denoise with {ENSEMBLE_HELP}")
     p.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles (default: 32)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default: best)")

@@ -97,8 +97,10 @@ DEFAULT_REACH_TILE = 1024
 # four quarter turns, 8 all flips and quarter turns. n of them take n times the time.
 ENSEMBLE_TRANSFORMS = {1: (0,), 2: (0, 4), 4: (0, 1, 2, 3), 8: tuple(range(8))}
 ENSEMBLES = tuple(ENSEMBLE_TRANSFORMS)
-ENSEMBLE_HELP = ("1 (the model as it is), 2 (with its mirror image), 4 (the four quarter turns) or 8 (every flip "
-                 "and quarter turn): the mean of the model over so many transforms of each image, n times the time")
+ENSEMBLE_CHOICES = ("1 (the model as it is), 2 (with its mirror image), 4 (the four quarter turns) or 8 (every "
+                    "flip and quarter turn)")
+ENSEMBLE_HELP = (f"{ENSEMBLE_CHOICES}: the mean of the model over that many transforms of each image, at that many "
+                 "times the cost")
 
 
 def _dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -152,7 +154,7 @@ def denoise_image(model: torch.nn.Module, image: np.ndarray, tile: int | None = 
     image = _check_image(image, in_range=not unclipped)
     if ensemble not in ENSEMBLES:
         raise UsageError(f"ensemble {ensemble} is not one of {', '.join(map(str, ENSEMBLES))}",
-                         f"use {ENSEMBLE_HELP.split(':')[0]}")
+                         f"use {ENSEMBLE_CHOICES}")
     model.eval()
     device = next(model.parameters()).device
     shape = expected_shape(model)
