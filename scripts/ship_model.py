@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the CPU they were measured on (default: not recorded)")
     figures.add_argument("--evaluation-command", default=None, metavar="TEXT",
                          help="the 'daelab evaluate' command that measured them (default: not recorded)")
+    figures.add_argument("--ensemble-evaluation", action="append", default=[], metavar="EVALUATION_JSON",
+                         help="an evaluation.json of the same images with --ensemble N (N > 1): its PSNR per noise "
+                              "level goes into ensemble_psnr_db[N], which 'daelab models' lists; repeatable")
     where = parser.add_argument_group("what to read and where to write")
     where.add_argument("--checkpoint", choices=("best", "last"), default="best",
                        help="which checkpoint of RUN_DIR ('best' falls back to 'last')")
@@ -111,7 +114,7 @@ def default_licence(data: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from daelab.errors import DaelabError
-    from daelab.pretrained._export import export_model, measured_from_evaluation, validate_name
+    from daelab.pretrained._export import ensemble_figures, export_model, measured_from_evaluation, validate_name
     from daelab.runs import read_json
     try:
         validate_name(args.name)
@@ -121,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             measured = measured_from_evaluation(read_json(args.measured_from_evaluation), psnr_on=args.psnr_on,
                                                 cpu=args.cpu, commit=git_commit(), command=args.evaluation_command)
+            if args.ensemble_evaluation:
+                measured["ensemble_psnr_db"] = ensemble_figures([read_json(p) for p in args.ensemble_evaluation])
         entry = export_model(args.run_dir, args.name, directory=args.directory, checkpoint=args.checkpoint,
                              description=args.description, training_command=args.training_command, data=data,
                              measured=measured, licence=args.licence or default_licence(data), commit=args.commit)

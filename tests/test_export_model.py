@@ -16,8 +16,8 @@ from PIL import Image
 
 from daelab.errors import ConfigError
 from daelab.models import ModelConfig
-from daelab.pretrained import MANIFEST, PRETRAINED_DIR, list_models, load_pretrained
-from daelab.pretrained._export import ENTRY_KEYS, export_model, measured_from_evaluation
+from daelab.pretrained import MANIFEST, PRETRAINED_DIR, describe, list_models, load_pretrained
+from daelab.pretrained._export import ENTRY_KEYS, ensemble_figures, export_model, measured_from_evaluation
 from daelab.runs import load_model
 from daelab.train import TrainConfig, fit
 
@@ -158,15 +158,33 @@ def test_measured_figures_from_an_image_folder_evaluation():
         measured_from_evaluation(broken)
 
 
+def _ensembled(n: int, gain: float) -> dict:
+    """EVALUATION as if made with --ensemble n: the model's rows ``gain`` dB higher."""
+    rows = [{**r, "psnr": r["psnr"] + gain} if r["method"] == "model" else r for r in EVALUATION["image_results"]]
+    return {**EVALUATION, "model": {"model": "natural-gray", "ensemble": n}, "image_results": rows}
+
+
+def test_ensemble_figures_come_from_evaluations_made_with_an_ensemble():
+    figures = ensemble_figures([_ensembled(8, 0.1), _ensembled(2, 0.05)])
+    assert list(figures) == ["2", "8"]
+    assert figures["2"] == {"awgn:15": 31.2846, "awgn:25": 28.55} and figures["8"]["awgn:25"] == 28.6
+    for bad, match in (([EVALUATION], "ensemble None"), ([_ensembled(1, 0.0)], "ensemble 1"),
+                       ([_ensembled(2, 0.0), _ensembled(2, 0.1)], "two evaluations")):
+        with pytest.raises(ConfigError, match=match):
+            ensemble_figures(bad)
+
+
 def test_the_script_ships_a_run_from_an_evaluation_json(ffdnet_run, shipped, tmp_path, capsys):
     evaluation = tmp_path / "evaluation.json"
     evaluation.write_text(json.dumps(EVALUATION))
+    ensembled = tmp_path / "ensemble-2.json"
+    ensembled.write_text(json.dumps(_ensembled(2, 0.05)))
     data = tmp_path / "data.json"
     data.write_text(json.dumps({"name": "tiny PNGs", "licence": "CC0"}))
     code = _script().main([str(ffdnet_run), "--name", "natural-gray", "--description", "tiny ffdnet",
                            "--training-command", "pytest", "--data-json", str(data), "--measured-from-evaluation",
                            str(evaluation), "--psnr-on", "two test images", "--cpu", "test CPU",
-                           "--directory", str(shipped)])
+                           "--ensemble-evaluation", str(ensembled), "--directory", str(shipped)])
     out = capsys.readouterr().out
     entry = list_models(shipped)[1]
     assert code == 0 and entry["name"] == "natural-gray"
@@ -175,6 +193,8 @@ def test_the_script_ships_a_run_from_an_evaluation_json(ffdnet_run, shipped, tmp
     assert entry["measured"]["psnr_on"] == "two test images" and entry["measured"]["cpu"] == "test CPU"
     assert entry["licence"] == "MIT (the weights, as daelab); trained on tiny PNGs (CC0)"
     assert entry["data"] == {"name": "tiny PNGs", "licence": "CC0"} and entry["commit"] is None
+    assert entry["measured"]["ensemble_psnr_db"] == {"2": {"awgn:15": 31.2846, "awgn:25": 28.55}}
+    assert "with --ensemble 2 (2x the time; dB): awgn:15 31.28, awgn:25 28.55" in describe([entry])
 
 
 def test_the_script_answers_errors_in_one_line_and_has_help(ffdnet_run, shipped, capsys):

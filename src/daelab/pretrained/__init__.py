@@ -234,6 +234,8 @@ def describe(entries: list[dict] | None = None) -> str:
                 lines.append("  noisy input (dB): " + _levels(noisy))
             for method, values in (measured.get("baselines_psnr_db") or {}).items():
                 lines.append(f"  {method}, same noisy images (dB): " + _levels(values))
+            for n, values in (measured.get("ensemble_psnr_db") or {}).items():
+                lines.append(f"  with --ensemble {n} ({n}x the time; dB): " + _levels(values))
             if measured.get("psnr_on"):
                 lines.append(f"    on {measured['psnr_on']}")
         if measured.get("val_mse") is not None:

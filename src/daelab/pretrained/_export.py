@@ -247,3 +247,25 @@ def measured_from_evaluation(evaluation: dict, *, psnr_on: str | None = None, cp
         if value is not None:
             measured[key] = value
     return measured
+
+
+def ensemble_figures(evaluations: list[dict]) -> dict[str, dict[str, float]]:
+    """``measured["ensemble_psnr_db"]``: {N: {noise: the model's mean PSNR}} from image-folder evaluations
+    made with ``--ensemble N`` (N > 1; the ensemble each one records under ``model``).
+
+    Raises
+    ------
+    ConfigError : an evaluation that records no ensemble above 1, two for the same N, or bad rows
+        (as :func:`measured_from_evaluation`).
+    """
+    figures: dict[str, dict[str, float]] = {}
+    for evaluation in evaluations:
+        model = evaluation.get("model") if isinstance(evaluation, dict) else None
+        n = model.get("ensemble") if isinstance(model, dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 1:
+            raise ConfigError(f"an ensemble evaluation records ensemble {n!r}, not a number above 1",
+                              "pass the evaluation.json of 'daelab evaluate MODEL --images DIR --ensemble N'")
+        if str(n) in figures:
+            raise ConfigError(f"two evaluations with --ensemble {n}", "pass one per ensemble size")
+        figures[str(n)] = measured_from_evaluation(evaluation, psnr_on="")["psnr_db"]
+    return dict(sorted(figures.items(), key=lambda item: int(item[0])))
