@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 
 from daelab import __version__
-from daelab.config import add_dataclass_args, build_config, check_config_keys, from_jsonable, read_config_file
+from daelab.config import (
+    add_dataclass_args,
+    build_config,
+    check_config_keys,
+    config_values,
+    from_jsonable,
+    read_config_file,
+)
 from daelab.errors import ConfigError, DaelabError
 
 log = logging.getLogger("daelab")
@@ -136,11 +143,12 @@ def _scale_file_restart(file_values: dict | None, args) -> None:
     epoch on either side is dropped; ``--lr-restart-after`` on the command line is taken as given.
     Sets ``args.lr_restart_after`` and logs what it did.
     """
-    train = (file_values or {}).get("train")
-    if not isinstance(train, dict) or args.epochs is None or args.lr_restart_after is not None:
+    if not file_values or args.epochs is None or args.lr_restart_after is not None:
         return
-    restart, epochs = train.get("lr_restart_after"), train.get("epochs")
-    if not (isinstance(restart, int) and isinstance(epochs, int) and 0 < restart < epochs and epochs != args.epochs):
+    from daelab.train import TrainConfig
+    in_file = config_values(TrainConfig, file_values, None, "train")  # read as build_config reads it
+    restart, epochs = in_file.get("lr_restart_after", 0), in_file.get("epochs")
+    if epochs is None or not 0 < restart < epochs or epochs == args.epochs:
         return
     scaled = round(restart * args.epochs / epochs)
     args.lr_restart_after = scaled if 0 < scaled < args.epochs else 0

@@ -205,6 +205,12 @@ def _coerce(cls, name: str, value):
 
 def build_config(cls, file_values: dict | None, args: argparse.Namespace | None, section: str):
     """Defaults <- ``file_values[section]`` (or flat keys) <- explicit flags; returns ``cls(...)``."""
+    return cls(**config_values(cls, file_values, args, section))
+
+
+def config_values(cls, file_values: dict | None, args: argparse.Namespace | None, section: str) -> dict:
+    """The settings :func:`build_config` passes to ``cls``: those the file and the flags give, checked
+    and coerced one by one, before ``cls`` checks them together (``args=None``: the file's alone)."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     values: dict = {}
     if file_values:
@@ -223,7 +229,7 @@ def build_config(cls, file_values: dict | None, args: argparse.Namespace | None,
             given = getattr(args, name, None)
             if given is not None:
                 values[name] = given
-    return cls(**values)
+    return values
 
 
 def to_jsonable(config) -> dict:
