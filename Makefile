@@ -9,7 +9,7 @@ DAELAB := $(VENV)/bin/daelab
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 TORCH ?= torch==2.13.0
 
-.PHONY: setup data browser postgres test reproduce quick train benchmark benchmark-study lint docs clean
+.PHONY: setup data browser postgres foreign test reproduce quick train benchmark benchmark-study lint docs clean
 
 setup: $(VENV)/.installed data
 
@@ -31,7 +31,11 @@ browser:
 postgres:
 	@bash scripts/ensure-system-packages.sh postgres
 
-test: setup browser postgres
+# the cross compiler and emulator the aarch64 kernel test builds and runs with
+foreign:
+	@bash scripts/ensure-system-packages.sh foreign
+
+test: setup browser postgres foreign
 	$(PY) -m pytest -q
 
 reproduce: setup
