@@ -210,7 +210,8 @@ def step_budget(clean: torch.Tensor, gemm_gflops: float) -> dict:
 
     Best of 30 on one fixed batch: the whole fused step, its forward+backward, and their difference
     (Adam, as it runs right after the backward), beside the time the model's matrix products take at
-    the ceiling. ``budget_85_ms`` is what a step may spend beyond them to reach 85% of the ceiling.
+    the ceiling. ``budget_85_ms`` is what a step may spend beyond them to reach 85% of the ceiling;
+    ``calls_ms`` is what the step's calls cost by themselves (:func:`call_overhead`).
     """
     contender = Daelab(clean, 4, "fp32", fused=True)
     contender.run()
@@ -220,7 +221,23 @@ def step_budget(clean: torch.Tensor, gemm_gflops: float) -> dict:
     gemm_ms = train_flops_per_sample(build_model(ModelConfig())) * BATCH / (gemm_gflops * 1e9) * 1e3
     return {"gemm_ms": gemm_ms, "step_ms": step_ms, "forward_backward_ms": forward_backward_ms,
             "adam_ms": step_ms - forward_backward_ms, "rest_ms": forward_backward_ms - gemm_ms,
-            "fraction_of_ceiling": gemm_ms / step_ms, "budget_85_ms": gemm_ms / 0.85 - gemm_ms}
+            "fraction_of_ceiling": gemm_ms / step_ms, "budget_85_ms": gemm_ms / 0.85 - gemm_ms,
+            **call_overhead()}
+
+
+def call_overhead() -> dict:
+    """The fused fp32 step's calls alone: the same step on a width-8 copy of the study model's layers, batch 8.
+
+    Same layers, kernels, matrix products and Adam calls, each on next to no data, so its time is
+    what the calls themselves cost (Python, ctypes, PyTorch's dispatch, OpenMP hand-offs): the most
+    that moving the step's orchestration into C could save.
+    """
+    config = ModelConfig(input_dim=8, hidden=(8, 8, 8), code_dim=8, decoder_hidden=(8, 8))
+    model = build_model(config)
+    policy = make_fused(model, make_optimizer(model, TrainConfig()), torch.device("cpu"), "fp32")
+    data, index = torch.rand(64, 8), torch.arange(8)
+    noise, generator = parse_noise("gaussian:0.1"), torch.Generator().manual_seed(0)
+    return {"calls_ms": _best_ms(lambda: policy.step(data, index, noise, generator), repeats=200)}
 
 
 def print_budget(budget: dict, threads: int) -> None:
@@ -231,6 +248,8 @@ def print_budget(budget: dict, threads: int) -> None:
           f"| {budget['rest_ms']:.2f} |")
     print(f"| Adam (step - forward+backward) | {budget['adam_ms']:.2f} |")
     print(f"| **fused step** ({budget['fraction_of_ceiling']:.0%} of the ceiling) | **{budget['step_ms']:.2f}** |")
+    print(f"| the step's calls alone (Python, ctypes, dispatch: the same step on a width-8 model) "
+          f"| {budget['calls_ms']:.2f} |")
     print(f"85% of the ceiling leaves {budget['budget_85_ms']:.2f} ms per step beyond the products.")
 
 

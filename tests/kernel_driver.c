@@ -57,10 +57,30 @@ static void check(const char *kernel, int status) {
 #define BATCH 64
 #define FEAT 48
 
+/* A layer's inputs: pre-activations, the Linear bias, BatchNorm's affine weights and running statistics. */
+struct layer {
+    float *z, *bias, *gamma, *beta, *rmean, *rvar;
+};
+
+static struct layer layer_inputs(void) {
+    struct layer in;
+    in.z = floats(BATCH * FEAT, -2, 2);
+    in.bias = floats(FEAT, -0.1f, 0.1f);
+    in.gamma = floats(FEAT, 0.5f, 1.5f);
+    in.beta = floats(FEAT, -0.2f, 0.2f);
+    in.rmean = floats(FEAT, -0.1f, 0.1f);
+    in.rvar = floats(FEAT, 0.5f, 1.5f);
+    return in;
+}
+
+static void free_layer(struct layer in) {
+    free(in.z), free(in.bias), free(in.gamma), free(in.beta), free(in.rmean), free(in.rvar);
+}
+
 static void layers_f32(const uint8_t *keep) {
     int64_t n = BATCH * FEAT;
-    float *z = floats(n, -2, 2), *bias = floats(FEAT, -0.1f, 0.1f), *gamma = floats(FEAT, 0.5f, 1.5f);
-    float *beta = floats(FEAT, -0.2f, 0.2f), *rmean = floats(FEAT, -0.1f, 0.1f), *rvar = floats(FEAT, 0.5f, 1.5f);
+    struct layer in = layer_inputs();
+    float *z = in.z, *bias = in.bias, *gamma = in.gamma, *beta = in.beta, *rmean = in.rmean, *rvar = in.rvar;
     float *act = zeros(n, 4), *mean = zeros(FEAT, 4), *rstd = zeros(FEAT, 4);
     check("bn_forward_f32", bn_forward_f32(z, BATCH, FEAT, bias, gamma, beta, 1e-3f, 0.01f, rmean, rvar, keep,
                                            1.25f, 0.3f, act, mean, rstd));
@@ -81,7 +101,7 @@ static void layers_f32(const uint8_t *keep) {
     emit("sigmoid_mse_f32.dz", "f32", dz2, n);
     emit("sigmoid_mse_f32.dbias", "f32", dbias, FEAT);
     emit("sigmoid_mse_f32.total", "f64", &total, 1);
-    free(z), free(bias), free(gamma), free(beta), free(rmean), free(rvar), free(act), free(mean), free(rstd);
+    free_layer(in), free(act), free(mean), free(rstd);
     free(dact), free(dz), free(dgamma), free(dbeta), free(clean), free(dz2), free(dbias);
 }
 
@@ -93,9 +113,9 @@ static uint16_t *bf16_of(const float *values, int64_t n) {
 
 static void layers_bf16(const uint8_t *keep) {
     int64_t n = BATCH * FEAT;
-    float *z32 = floats(n, -2, 2), *bias = floats(FEAT, -0.1f, 0.1f), *gamma = floats(FEAT, 0.5f, 1.5f);
-    float *beta = floats(FEAT, -0.2f, 0.2f), *rmean = floats(FEAT, -0.1f, 0.1f), *rvar = floats(FEAT, 0.5f, 1.5f);
-    uint16_t *z = bf16_of(z32, n), *act = zeros(n, 2);
+    struct layer in = layer_inputs();
+    float *bias = in.bias, *gamma = in.gamma, *beta = in.beta, *rmean = in.rmean, *rvar = in.rvar;
+    uint16_t *z = bf16_of(in.z, n), *act = zeros(n, 2);
     emit("to_bf16", "u16", z, n);
     float *mean = zeros(FEAT, 4), *rstd = zeros(FEAT, 4);
     check("bn_forward", bn_forward(z, BATCH, FEAT, bias, gamma, beta, 1e-3f, 0.01f, rmean, rvar, keep, 1.25f, 0.3f,
@@ -116,7 +136,7 @@ static void layers_bf16(const uint8_t *keep) {
     emit("sigmoid_mse.dz", "u16", dz2, n);
     emit("sigmoid_mse.dbias", "f32", dbias, FEAT);
     emit("sigmoid_mse.total", "f64", &total, 1);
-    free(z32), free(bias), free(gamma), free(beta), free(rmean), free(rvar), free(z), free(act), free(mean);
+    free_layer(in), free(z), free(act), free(mean);
     free(rstd), free(dact32), free(dgamma), free(dbeta), free(dact), free(dz), free(clean), free(dbias), free(dz2);
 }
 

@@ -103,3 +103,22 @@ def test_bench_denoise_prints_seconds_per_megapixel_for_the_shipped_model():
         seconds, per_mp, ratio = (float(cell) for cell in row[2:])
         assert seconds > 0 and math.isclose(per_mp, seconds / 0.009216, rel_tol=0.1, abs_tol=0.06)
     assert float(rows[0][4]) == 1.0
+
+
+def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys):
+    from daelab.kernels.fused import load_kernels
+
+    if load_kernels() is None:
+        pytest.skip("no C compiler for the fused kernels")
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import profile_fp32
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    budget = profile_fp32.step_budget(torch.rand(4 * profile_fp32.BATCH, 784), gemm_gflops=200.0)
+    assert budget["adam_ms"] == pytest.approx(budget["step_ms"] - budget["forward_backward_ms"])
+    for key in ("calls_ms", "step_ms", "gemm_ms", "forward_backward_ms"):
+        assert math.isfinite(budget[key]) and budget[key] > 0, key
+    profile_fp32.print_budget(budget, torch.get_num_threads())
+    printed = capsys.readouterr().out
+    assert "the step's calls alone" in printed and "85% of the ceiling" in printed
