@@ -241,7 +241,9 @@ def _add_evaluate(sub) -> None:
     images.add_argument("--baselines", dest="denoisers", metavar="NAMES",
                         help="classical denoisers beside it, comma-separated or none (default with --images: bm3d, "
                              "skipped with a note where the optional bm3d package is missing)")
-    images.add_argument("--out", type=Path, metavar="OUT", help="where --images writes (default: RUN_DIR/images-DIR)")
+    images.add_argument("--out", type=Path, metavar="OUT",
+                        help="where --images writes (default: RUN_DIR/images-DIR, or ./images-DIR-NAME for a "
+                             "shipped model NAME)")
     images.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLES, help=f"score {ENSEMBLE_HELP}")
     p.set_defaults(func=_run_evaluate)
 
@@ -375,7 +377,8 @@ def _add_denoise(sub) -> None:
                                    "through unchanged. An input of more than $DAELAB_MAX_PIXELS values (default "
                                    "64 Mi) is refused before it is decoded. Writes NAME.denoised.EXT beside each "
                                    "input, or into --out; never writes onto an input. The MLP needs 28x28 images; "
-                                   "a --model conv run takes any size (large images are tiled).",
+                                   "a conv, dncnn, ffdnet or resunet model (natural-gray) takes any size (large "
+                                   "images are tiled).",
                        epilog="examples:\n  daelab denoise fashion-mlp shirt.png   # a shipped model\n"
                               "  daelab denoise runs/exp1 shirt.png\n"
                               "  daelab denoise runs/conv photo.png --add-noise gaussian:0.1 --out denoised/\n"

@@ -57,12 +57,14 @@ class TrainConfig:
                                                              "validation loss; 0 = off"})
     precision: str = field(default="auto", metadata={"help": "matmul precision of the training step "
                                                             "(bf16: bf16 weights for forward/backward, fp32 master "
-                                                            "weights, within 1%% of fp32 validation loss; auto: bf16 "
+                                                            "weights, within 2%% of fp32's 10-epoch validation "
+                                                            "loss (docs/performance.md); auto: bf16 "
                                                             "where the CPU/GPU has native bf16, else fp32)",
                                                     "choices": PRECISIONS})
     kernels: str = field(default="auto", metadata={
-        "help": "auto: bf16 MLP training on the CPU runs daelab's fused C kernels (compiled on first use, "
-                "~2x faster; PyTorch ops where no C compiler is found); torch: PyTorch ops only",
+        "help": "auto: the study's MLP training in one CPU process runs daelab's fused C kernels, in bf16 or "
+                "fp32 (compiled on first use; PyTorch ops where no C compiler is found); conv models, torchrun and "
+                "GPUs use PyTorch ops; torch: PyTorch ops only",
         "choices": KERNELS})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N or auto (CUDA when present)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for PyTorch; 0 = PyTorch's default"})
