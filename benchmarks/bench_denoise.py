@@ -12,7 +12,9 @@ For MODEL (a run directory or a shipped name; default ``natural-gray``) and a SI
   denoiser the model is compared with on Set12.
 
 The image is a real photo when ``--image`` is given (else a seeded piecewise-smooth synthetic one);
-noise is the protocol's ``awgn:25``. Best of ``--repeats`` after one warm-up run.
+noise is the protocol's ``awgn:25``. Best of ``--repeats`` after one warm-up run. With
+``DAELAB_ISA`` set (e.g. ``avx2``) PyTorch's libraries are capped to that class before torch loads,
+as in ``bench_train.py``, so an AVX-512 machine measures the AVX2 path.
 
     python benchmarks/bench_denoise.py [MODEL] [--size 512] [--threads 1,2] [--repeats 3] [--ensemble 2,4,8] [--bm3d]
 """
@@ -23,11 +25,16 @@ import sys
 import time
 
 import numpy as np
-import torch
 
-from daelab.cpu import cpu_info
-from daelab.denoise import denoise_image
-from daelab.pretrained import resolve_model
+# The ISA cap must reach PyTorch's libraries before torch is imported (they read it when they start).
+from daelab.cpu import apply_isa_cap, cpu_info
+
+CAPS_SET = apply_isa_cap()
+
+import torch  # noqa: E402
+
+from daelab.denoise import denoise_image  # noqa: E402
+from daelab.pretrained import resolve_model  # noqa: E402
 
 
 def synthetic(size: int, seed: int = 0) -> np.ndarray:
@@ -73,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     noisy = (clean + 25 / 255 * np.random.default_rng(1).standard_normal(clean.shape)).astype(np.float32)
     model, info = resolve_model(args.model)
     megapixels = clean.size / 1e6
-    print(f"CPU: {cpu_info().describe()}; torch {torch.__version__}")
+    caps = "; libraries capped: " + " ".join(f"{k}={v}" for k, v in CAPS_SET.items()) if CAPS_SET else ""
+    print(f"CPU: {cpu_info().describe()}; torch {torch.__version__}{caps}")
     print(f"model: {args.model} ({info.get('source')}); image {clean.shape[0]}x{clean.shape[1]} "
           f"({megapixels:.3f} MP), awgn:25, best of {args.repeats}")
     print("| threads | contender | s / image | s / MP | x whole |")

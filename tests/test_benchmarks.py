@@ -105,6 +105,22 @@ def test_bench_denoise_prints_seconds_per_megapixel_for_the_shipped_model():
     assert float(rows[0][4]) == 1.0
 
 
+def test_bench_denoise_caps_the_libraries_to_a_forced_isa():
+    from daelab.cpu import ISA_CLASSES, cpu_info
+
+    if ISA_CLASSES.index(cpu_info().detected_isa) <= ISA_CLASSES.index("avx2"):
+        pytest.skip("the CPU is no more than AVX2: nothing to cap")
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+                                                             "ATEN_CPU_CAPABILITY")}
+    env.update(OMP_NUM_THREADS="1", DAELAB_ISA="avx2")
+    cmd = [sys.executable, str(BENCHMARKS / "bench_denoise.py"), "natural-gray", "--size", "64", "--threads", "1",
+           "--repeats", "1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=True).stdout
+    header = next(line for line in out.splitlines() if line.startswith("CPU: "))
+    assert "ISA class avx2 (capped by DAELAB_ISA=avx2" in header
+    assert "MKL_ENABLE_INSTRUCTIONS=AVX2" in header and "ONEDNN_MAX_CPU_ISA=AVX2" in header
+
+
 def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys):
     from daelab.kernels.fused import load_kernels
 
