@@ -138,3 +138,21 @@ def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys):
     profile_fp32.print_budget(budget, torch.get_num_threads())
     printed = capsys.readouterr().out
     assert "the step's calls alone" in printed and "85% of the ceiling" in printed
+
+
+def test_bench_conv_step_times_each_contender_against_eager(capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_conv_step
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    result = bench_conv_step.main(["--channels", "4", "--patch", "16", "--batch", "2", "--steps", "1", "--rounds",
+                                   "2", "--precision", "fp32"])
+    assert set(result) == {"eager", "channels_last"}
+    assert all(row["patches_per_s"] > 0 and row["gflops"] > 0 for row in result.values())
+    # the FLOP count is the model's: a wider model at the same rate would report more GFLOP/s
+    assert result["eager"]["gflops"] == pytest.approx(
+        bench_conv_step.step_flops(build_model(ModelConfig(name="resunet", channels=4)).train(),
+                                   torch.rand(2, 1, 16, 16)) * result["eager"]["patches_per_s"] / 2 / 1e9)
+    printed = capsys.readouterr().out
+    assert "| eager |" in printed and "| channels_last |" in printed and "MFLOP per patch" in printed
