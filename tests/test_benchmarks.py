@@ -121,23 +121,30 @@ def test_bench_denoise_caps_the_libraries_to_a_forced_isa():
     assert "MKL_ENABLE_INSTRUCTIONS=AVX2" in header and "ONEDNN_MAX_CPU_ISA=AVX2" in header
 
 
-def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys, precision):
+    from daelab.cpu import cpu_info
     from daelab.kernels.fused import load_kernels
 
     if load_kernels() is None:
         pytest.skip("no C compiler for the fused kernels")
+    if precision == "bf16" and not cpu_info().native_bf16:
+        pytest.skip("no native bf16 here: profile_fp32 budgets fp32 only")
     sys.path.insert(0, str(BENCHMARKS))
     try:
         import profile_fp32
     finally:
         sys.path.remove(str(BENCHMARKS))
-    budget = profile_fp32.step_budget(torch.rand(4 * profile_fp32.BATCH, 784), gemm_gflops=200.0)
+    budget = profile_fp32.step_budget(torch.rand(4 * profile_fp32.BATCH, 784), gemm_gflops=200.0, precision=precision)
+    assert budget["precision"] == precision
     assert budget["adam_ms"] == pytest.approx(budget["step_ms"] - budget["forward_backward_ms"])
     for key in ("calls_ms", "step_ms", "gemm_ms", "forward_backward_ms"):
         assert math.isfinite(budget[key]) and budget[key] > 0, key
     profile_fp32.print_budget(budget, torch.get_num_threads())
     printed = capsys.readouterr().out
-    assert "the step's calls alone" in printed and "85% of the ceiling" in printed
+    assert f"The fused {precision} step" in printed and "the step's calls alone" in printed
+    assert f"{budget['target']:.0%} of the ceiling leaves" in printed
+    assert budget["budget_ms"] == pytest.approx(budget["gemm_ms"] * (1 / budget["target"] - 1))
 
 
 def test_bench_conv_step_times_each_contender_against_eager(capsys):
