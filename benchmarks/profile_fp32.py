@@ -20,7 +20,8 @@ oneDNN and ATen run their AVX2 code too, and the kernels their AVX2 build): the 
 this one can play it. Last, a profile of one fp32 step before (PyTorch's ops) and after (fused):
 self time of each op under ``torch.profiler``, the C kernels timed as ``kernel::<name>`` records,
 grouped into matrix products, elementwise work, Adam, and the rest. Between the two, the fused
-step's time beyond the model-GEMM ceiling without the profiler (:func:`step_budget`).
+step's time beyond the model-GEMM ceiling without the profiler (:func:`step_budget`), and where bf16
+is native the same for the bf16 step against its own ceiling.
 
     python benchmarks/profile_fp32.py [--rounds 30] [--steps 12] [--no-avx2-child] [--json out.json]
 """
