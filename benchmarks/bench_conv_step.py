@@ -21,7 +21,7 @@ import time
 from statistics import median
 
 # The ISA cap must reach PyTorch's libraries before torch is imported (they read it when they start).
-from daelab.cpu import apply_isa_cap, cpu_info
+from daelab.cpu import apply_isa_cap, cpu_info, format_caps
 
 CAPS_SET = apply_isa_cap()
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         names = list(steps)[r % len(steps):] + list(steps)[:r % len(steps)]  # rotate the order
         for name in names:
             seconds[name].append(timed(steps[name], args.steps))
-    caps = "; libraries capped: " + " ".join(f"{k}={v}" for k, v in CAPS_SET.items()) if CAPS_SET else ""
+    caps = f"; libraries capped: {format_caps(CAPS_SET)}" if CAPS_SET else ""
     print(f"CPU: {cpu_info().describe()}; torch {torch.__version__}; {torch.get_num_threads()} threads{caps}")
     print(f"{args.model} {args.channels} ch, {args.precision}, batch {args.batch} of {args.patch}x{args.patch}, "
           f"{flops / args.batch / 1e6:.0f} MFLOP per patch; best of {args.rounds} rounds of {args.steps} steps"

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 # The ISA cap must reach PyTorch's libraries before torch is imported (they read it when they start).
-from daelab.cpu import apply_isa_cap, cpu_info
+from daelab.cpu import apply_isa_cap, cpu_info, format_caps
 
 CAPS_SET = apply_isa_cap()
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     noisy = (clean + 25 / 255 * np.random.default_rng(1).standard_normal(clean.shape)).astype(np.float32)
     model, info = resolve_model(args.model)
     megapixels = clean.size / 1e6
-    caps = "; libraries capped: " + " ".join(f"{k}={v}" for k, v in CAPS_SET.items()) if CAPS_SET else ""
+    caps = f"; libraries capped: {format_caps(CAPS_SET)}" if CAPS_SET else ""
     print(f"CPU: {cpu_info().describe()}; torch {torch.__version__}{caps}")
     print(f"model: {args.model} ({info.get('source')}); image {clean.shape[0]}x{clean.shape[1]} "
           f"({megapixels:.3f} MP), awgn:25, best of {args.repeats}")

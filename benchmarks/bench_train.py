@@ -45,7 +45,7 @@ from pathlib import Path
 from statistics import median
 
 # The ISA cap must reach PyTorch's libraries before torch is imported (they read it when they start).
-from daelab.cpu import apply_isa_cap, cpu_info
+from daelab.cpu import apply_isa_cap, cpu_info, format_caps
 
 CPU = cpu_info()
 CAPS_SET = apply_isa_cap(CPU)
@@ -238,7 +238,7 @@ def describe_machine() -> dict:
     print(f"CPU: {CPU.describe()}; PyTorch dispatches to {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads on {os.cpu_count()} cores, torch {torch.__version__}", flush=True)
     if CAPS_SET:
-        print("capped PyTorch's libraries: " + " ".join(f"{k}={v}" for k, v in CAPS_SET.items()), flush=True)
+        print(f"capped PyTorch's libraries: {format_caps(CAPS_SET)}", flush=True)
     return {"cpu": CPU.model, "isa": CPU.isa, "detected_isa": CPU.detected_isa, "capped_by": CPU.capped_by,
             "native_bf16": CPU.native_bf16, "torch_capability": torch.backends.cpu.get_cpu_capability(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,

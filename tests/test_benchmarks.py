@@ -2,6 +2,7 @@
 and the in-repo plain loop trains the study's model on what daelab's loader reads."""
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -17,6 +18,15 @@ from daelab.data import FASHION_FILES, load_dataset, to_tensor, write_idx
 from daelab.models import ModelConfig, build_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_module(name: str):
+    """A script of ``benchmarks/`` imported as a module (with the folder on the path while it imports its siblings)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +79,7 @@ def test_bench_train_runs_end_to_end_on_the_avx2_path(idx_dir, tmp_path):
 
 
 def test_plain_loop_trains_the_study_model_on_the_same_images(idx_dir):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import plain_loop
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    plain_loop = benchmark_module("plain_loop")
     clean = plain_loop.load_train_images(idx_dir)
     assert torch.equal(clean, to_tensor(load_dataset(idx_dir).train_images))
 
@@ -130,11 +136,7 @@ def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys, precision)
         pytest.skip("no C compiler for the fused kernels")
     if precision == "bf16" and not cpu_info().native_bf16:
         pytest.skip("no native bf16 here: profile_fp32 budgets fp32 only")
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import profile_fp32
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    profile_fp32 = benchmark_module("profile_fp32")
     budget = profile_fp32.step_budget(torch.rand(4 * profile_fp32.BATCH, 784), gemm_gflops=200.0, precision=precision)
     assert budget["precision"] == precision
     assert budget["adam_ms"] == pytest.approx(budget["step_ms"] - budget["forward_backward_ms"])
@@ -148,11 +150,7 @@ def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys, precision)
 
 
 def test_bench_conv_step_times_each_contender_against_eager(capsys):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import bench_conv_step
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    bench_conv_step = benchmark_module("bench_conv_step")
     result = bench_conv_step.main(["--channels", "4", "--patch", "16", "--batch", "2", "--steps", "1", "--rounds",
                                    "2", "--precision", "fp32"])
     assert set(result) == {"eager", "channels_last"}

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ci_rules import cannot_run
 from daelab.kernels import _loader
 
 CROSS, QEMU, SYSROOT = "aarch64-linux-gnu-gcc", "qemu-aarch64", Path("/usr/aarch64-linux-gnu")
@@ -33,12 +34,6 @@ DRIVER = Path(__file__).with_name("kernel_driver.c")
 KINDS = {"u8": np.uint8, "u16": np.uint16, "f32": np.float32, "f64": np.float64}
 EXACT = ("dropout_mask.", "gather_gaussian_f32.clean", "to_bf16", "relu_mask.a", "relu_mask_backward.dh",
          "relu_mask_backward.dbias", "classifier_tail.h")
-
-
-def _cannot(reason: str):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must run the aarch64 kernel test, but: {reason}")
-    pytest.skip(reason)
 
 
 def _build(compiler: str, march: list[str], out: Path) -> Path:
@@ -78,9 +73,10 @@ def _run(command: list[str]) -> dict[str, np.ndarray]:
 def outputs(tmp_path_factory):
     """{"aarch64": arrays, "x86": arrays}: the driver's outputs under qemu and here (scalar variant)."""
     if shutil.which(CROSS) is None or shutil.which(QEMU) is None or not SYSROOT.is_dir():
-        _cannot(f"no {CROSS} or {QEMU}: install Debian's gcc-aarch64-linux-gnu and qemu-user (make foreign)")
+        cannot_run("the aarch64 kernel test",
+                   f"no {CROSS} or {QEMU}: install Debian's gcc-aarch64-linux-gnu and qemu-user (make foreign)")
     if shutil.which("cc") is None:
-        _cannot("no C compiler here for the reference build")
+        cannot_run("the aarch64 kernel test", "no C compiler here for the reference build")
     folder = tmp_path_factory.mktemp("foreign")
     arm = _build(CROSS, ["-march=armv8-a"], folder / "driver-aarch64")
     here = _build("cc", list(_loader.VARIANTS["scalar"]), folder / "driver-scalar")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from ci_rules import cannot_run
 from daelab.errors import ConfigError
 
 TINY = """\
@@ -417,10 +418,8 @@ def _free_port() -> int:
 
 
 def _cannot(reason: str):
-    """Skip, saying why -- except under CI (``CI`` set), which installs PostgreSQL and must run the test."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI must run the PostgreSQL test, but: {reason}")
-    pytest.skip(reason)
+    """Skip, saying why -- except under CI, which installs PostgreSQL and must run the test."""
+    cannot_run("the PostgreSQL test", reason)
 
 
 @pytest.fixture

@@ -258,6 +258,11 @@ def isa_environment(isa: str) -> dict[str, str]:
     return dict(_LIBRARY_CAPS[isa])
 
 
+def format_caps(caps: dict[str, str]) -> str:
+    """``NAME=value`` pairs of library caps (what :func:`apply_isa_cap` set), space-separated, for a log line."""
+    return " ".join(f"{name}={value}" for name, value in caps.items())
+
+
 def apply_isa_cap(info: CpuInfo | None = None) -> dict[str, str]:
     """Set the library caps of a ``DAELAB_ISA`` cap in ``os.environ``; call before importing torch.
 
