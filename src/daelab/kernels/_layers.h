@@ -51,10 +51,16 @@ int KERNEL(gather_gaussian)(const float *data, int64_t n_rows, const int64_t *in
 }
 
 
-#define COLS 32 /* columns per work item: two AVX-512 vectors of fp32 */
+#define COLS 64 /* columns per work item */
 
 /* The column-block kernels below give each thread whole blocks of COLS features, so per-feature
- * sums over the batch need no reduction across threads (and do not depend on the thread count). */
+ * sums over the batch need no reduction across threads (and do not depend on the thread count).
+ * A block walks the batch down its columns: COLS = 64 reads 256 contiguous bytes of each fp32 row
+ * (128 of bf16) per step down, where 32 read half that; on activations that are no longer in cache
+ * (as in the training step) that made bn_backward about 1.4x faster on a 512-wide layer. Each
+ * column's sums still run down the rows in order, so the results are those of COLS = 32 (60 of the
+ * study's steps checked bit for bit, bf16 and fp32, native and AVX2 builds; the scalar build's fp32
+ * results moved in the last bits, as -ffast-math let the compiler vectorize its loops differently). */
 static inline int64_t col_blocks(int64_t feat) { return (feat + COLS - 1) / COLS; }
 static inline int64_t col_width(int64_t feat, int64_t c0) { return feat - c0 < COLS ? feat - c0 : COLS; }
 
