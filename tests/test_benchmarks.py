@@ -161,3 +161,47 @@ def test_bench_conv_step_times_each_contender_against_eager(capsys):
                                    torch.rand(2, 1, 16, 16)) * result["eager"]["patches_per_s"] / 2 / 1e9)
     printed = capsys.readouterr().out
     assert "| eager |" in printed and "| channels_last |" in printed and "MFLOP per patch" in printed
+
+
+def test_ab_kernels_says_whether_a_kernel_change_kept_the_numbers(tmp_path):
+    from daelab.kernels.fused import load_kernels
+
+    if load_kernels() is None:
+        pytest.skip("no C compiler for the fused kernels")
+    ab = benchmark_module("ab_kernels")
+    clean = torch.rand(2 * ab.BATCH, 784)
+    kernels = Path(ab.SOURCE).parent
+    same, changed = tmp_path / "same", tmp_path / "changed"
+    for folder in (same, changed):
+        folder.mkdir()
+        for name in ab.KERNEL_FILES:
+            (folder / name).write_bytes((kernels / name).read_bytes())
+    layers = (changed / "_layers.h").read_text()
+    assert "sqrtf(var + eps)" in layers
+    (changed / "_layers.h").write_text(layers.replace("sqrtf(var + eps)", "sqrtf(var + 2.0f * eps)"))
+    variant = ab.kernel_variant()
+    for folder, kept in ((same, True), (changed, False)):
+        lib = ab.open_kernels(ab.build_kernels(source=folder / "_fused.c", variant=variant), folder / "_fused.h")
+        result = ab.compare(lib, clean, "fp32", rounds=1, steps=2)
+        assert result["identical_weights"] is kept
+        assert bool(result["differing_tensors"]) is not kept and (result["largest_difference"] > 0) is not kept
+        assert all(side["best"] > 0 for side in result["samples_per_s"].values())
+        printed = ab.report(result, "old")
+        assert ("identical bit for bit" in printed) is kept and "new/old within a round" in printed
+
+
+def test_ab_kernels_builds_a_commits_kernels_and_refuses_a_bad_one_in_a_line(tmp_path):
+    from daelab.kernels.fused import load_kernels
+
+    if load_kernels() is None:
+        pytest.skip("no C compiler for the fused kernels")
+    if subprocess.run(["git", "-C", str(BENCHMARKS), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    ab = benchmark_module("ab_kernels")
+    (tmp_path / "head").mkdir()
+    lib = ab.kernels_of("HEAD", tmp_path / "head")
+    assert callable(lib.bn_backward_f32) and (tmp_path / "head" / "_layers.h").exists()
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(SystemExit) as refused:
+        ab.kernels_of("no-such-commit", tmp_path / "bad")
+    assert str(refused.value).startswith("ab_kernels: cannot read") and "\n" not in str(refused.value)
