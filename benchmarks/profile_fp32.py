@@ -20,8 +20,10 @@ oneDNN and ATen run their AVX2 code too, and the kernels their AVX2 build): the 
 this one can play it. Last, a profile of one fp32 step before (PyTorch's ops) and after (fused):
 self time of each op under ``torch.profiler``, the C kernels timed as ``kernel::<name>`` records,
 grouped into matrix products, elementwise work, Adam, and the rest. Between the two, the fused
-step's time beyond the model-GEMM ceiling without the profiler (:func:`step_budget`), and where bf16
-is native the same for the bf16 step against its own ceiling.
+step's time beyond the model-GEMM ceiling without the profiler (:func:`step_budget`), with the floor
+a step of separate passes cannot beat (the products at the ceiling, Adam alone, the elementwise
+kernels' bytes at Adam's rate, the calls), for the native fp32 step, the forced-AVX2 one, and where
+bf16 is native the bf16 step against its own ceiling.
 
     python benchmarks/profile_fp32.py [--rounds 30] [--steps 12] [--no-avx2-child] [--json out.json]
 """
@@ -207,6 +209,36 @@ def _best_ms(fn, repeats: int = 30) -> float:
     return min(times) * 1e3
 
 
+def adam_bytes(policy) -> int:
+    """Bytes Adam reads and writes per step in ``policy``'s fused step, from its own calls: per value the
+    parameter read and written (fp32), its gradient read (fp32 or bf16), both moments read and written
+    (fp32), and the bf16 shadow written where there is one."""
+    total = 0
+    for _param, _grad, grad_bf16, _m, _v, shadow, n in policy._optimizer_step.calls:
+        total += n * (4 + 4 + (2 if grad_bf16 else 4) + 8 + 8 + (2 if shadow is not None else 0))
+    return total
+
+
+def elementwise_bytes(policy, batch: int = BATCH) -> int:
+    """The least the fused step's elementwise kernels read and write per step, counted from their
+    arguments (each array once per kernel, however many passes it makes): the gather with the noise,
+    BatchNorm + dropout + LeakyReLU forward and backward with their dropout masks, sigmoid + MSE, and
+    the bottleneck's bias gradient. A floor: what a kernel re-reads from cache is not counted."""
+    a = policy.dtype.itemsize  # activations and their gradients: 4 (fp32) or 2 (bf16)
+    first, last = policy.layers[0].linear, policy.layers[-1].linear
+    total = batch * first.in_features * (4 + 4 + a)  # the rows read, clean and noisy written
+    for k, layer in enumerate(policy.layers):
+        values = batch * layer.linear.out_features
+        if layer.kind == "bn":
+            mask = 1 if layer.dropout > 0 else 0
+            total += values * mask  # dropout_mask writes it
+            total += values * (a + mask + a)  # bn_forward: z (and the mask) in, act out
+            total += values * (3 * a + mask + a)  # bn_backward: d(act), act, z (and the mask) in, dz out
+        elif layer.kind == "linear" and policy.layers[k + 1].kind != "bn":
+            total += values * a  # the bias gradient's column sums
+    return total + batch * last.out_features * (a + 4 + a)  # sigmoid_mse: z and clean in, dz out
+
+
 def step_budget(clean: torch.Tensor, gemm_gflops: float, precision: str = "fp32") -> dict:
     """Where the fused step's time (fp32, or bf16) beyond the model-GEMM ceiling goes, without the profiler.
 
@@ -215,6 +247,13 @@ def step_budget(clean: torch.Tensor, gemm_gflops: float, precision: str = "fp32"
     the ceiling. ``target`` is issue 19's fraction of the ceiling (85% in fp32, 70% in bf16) and
     ``budget_ms`` what a step may spend beyond the products to reach it;
     ``calls_ms`` is what the step's calls cost by themselves (:func:`call_overhead`).
+
+    The floor of this design: Adam timed alone (``adam_alone_ms``, best of 30: one streaming pass over
+    :func:`adam_bytes`, so its rate, ``adam_gb_per_s``, is what this machine's memory gives such a pass
+    now), the elementwise kernels' least bytes (:func:`elementwise_bytes`) at that rate, and the calls,
+    added to the products at the ceiling: ``floor_ms``, the fastest a step of separate passes called
+    from Python could be, and ``floor_fraction`` = ``gemm_ms / floor_ms``, the most of the ceiling it
+    could reach.
     """
     contender = Daelab(clean, 4, precision, fused=True)
     contender.run()
@@ -222,11 +261,18 @@ def step_budget(clean: torch.Tensor, gemm_gflops: float, precision: str = "fp32"
     step_ms = _best_ms(lambda: policy.step(clean, index, contender.noise, contender.generator))
     forward_backward_ms = _best_ms(lambda: policy.forward_backward(clean, index, contender.noise, contender.generator))
     gemm_ms = train_flops_per_sample(build_model(ModelConfig())) * BATCH / (gemm_gflops * 1e9) * 1e3
+    adam, elementwise = adam_bytes(policy), elementwise_bytes(policy)
+    adam_alone_ms = _best_ms(policy._adam)
+    rate = adam / (adam_alone_ms * 1e-3) / 1e9
+    calls = call_overhead(precision)
+    floor_ms = gemm_ms + adam_alone_ms + elementwise / (rate * 1e9) * 1e3 + calls["calls_ms"]
     return {"gemm_ms": gemm_ms, "step_ms": step_ms, "forward_backward_ms": forward_backward_ms,
             "adam_ms": step_ms - forward_backward_ms, "rest_ms": forward_backward_ms - gemm_ms,
             "fraction_of_ceiling": gemm_ms / step_ms, "target": TARGETS[precision],
             "budget_ms": gemm_ms / TARGETS[precision] - gemm_ms,
-            "precision": precision, **call_overhead(precision)}
+            "adam_bytes": adam, "elementwise_bytes": elementwise, "adam_alone_ms": adam_alone_ms,
+            "adam_gb_per_s": rate, "elementwise_floor_ms": elementwise / (rate * 1e9) * 1e3,
+            "floor_ms": floor_ms, "floor_fraction": gemm_ms / floor_ms, "precision": precision, **calls}
 
 
 def call_overhead(precision: str = "fp32") -> dict:
@@ -256,6 +302,11 @@ def print_budget(budget: dict, threads: int) -> None:
     print(f"| the step's calls alone (Python, ctypes, dispatch: the same step on a width-8 model) "
           f"| {budget['calls_ms']:.2f} |")
     print(f"{budget['target']:.0%} of the ceiling leaves {budget['budget_ms']:.2f} ms per step beyond the products.")
+    print(f"Floor of separate passes: Adam alone {budget['adam_alone_ms']:.2f} ms "
+          f"({budget['adam_bytes'] / 1e6:.1f} MB at {budget['adam_gb_per_s']:.0f} GB/s); the elementwise "
+          f"kernels' {budget['elementwise_bytes'] / 1e6:.1f} MB at that rate {budget['elementwise_floor_ms']:.2f} ms; "
+          f"the calls {budget['calls_ms']:.2f} ms; with the products, at least {budget['floor_ms']:.2f} ms a step: "
+          f"at most {budget['floor_fraction']:.0%} of the ceiling (target {budget['target']:.0%}).")
 
 
 def print_tables(result: dict, title: str) -> None:
@@ -298,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     if load_kernels() is None:
         sys.exit("no fused kernels (no C compiler?)")
     result = measure(clean, args.rounds, args.steps, child=args.isa_child)
-    if args.isa_child:
+    if args.isa_child:  # the fp32 step's budget and floor under the cap too: the AVX2 machine's fp32 step
+        result["budget"] = step_budget(clean, result["gemm_gflops"]["fp32"])
         print("CHILD-JSON " + json.dumps(result))
         return
     print_tables(result, "native ISA")
@@ -316,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         line = next(line for line in child.stdout.splitlines() if line.startswith("CHILD-JSON "))
         results["forced_avx2"] = json.loads(line[len("CHILD-JSON "):])
         print_tables(results["forced_avx2"], "forced AVX2 (DAELAB_ISA=avx2: kernels, MKL, oneDNN and ATen capped)")
+        print_budget(results["forced_avx2"]["budget"], results["forced_avx2"]["threads"])
     if not args.no_profile:
         results["profile"] = {"before": profile(clean, fused=False), "after": profile(clean, fused=True)}
         print_profile(results["profile"]["before"], results["profile"]["after"])

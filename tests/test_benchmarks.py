@@ -147,6 +147,40 @@ def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys, precision)
     assert f"The fused {precision} step" in printed and "the step's calls alone" in printed
     assert f"{budget['target']:.0%} of the ceiling leaves" in printed
     assert budget["budget_ms"] == pytest.approx(budget["gemm_ms"] * (1 / budget["target"] - 1))
+    assert budget["adam_gb_per_s"] == pytest.approx(budget["adam_bytes"] / budget["adam_alone_ms"] / 1e6)
+    assert budget["elementwise_floor_ms"] == pytest.approx(budget["elementwise_bytes"] / budget["adam_gb_per_s"] / 1e6)
+    assert budget["floor_ms"] == pytest.approx(budget["gemm_ms"] + budget["adam_alone_ms"]
+                                               + budget["elementwise_floor_ms"] + budget["calls_ms"])
+    assert budget["floor_fraction"] == pytest.approx(budget["gemm_ms"] / budget["floor_ms"])
+    assert budget["floor_fraction"] < 1
+    assert "Floor of separate passes: Adam alone" in printed
+    assert f"at most {budget['floor_fraction']:.0%} of the ceiling" in printed
+
+
+@pytest.mark.parametrize("precision, adam, elementwise",
+                         [("fp32", 584 * 28, 1200 * 8), ("bf16", 584 * 28 + 8 * 2, 672 * 8)])
+def test_profile_fp32_counts_the_bytes_adam_and_the_kernels_move(precision, adam, elementwise):
+    """Counted by hand for a width-8 model (584 parameters, batch 8): per Adam value the parameter, both
+    moments read and written and the gradient read (fp32: 28 bytes; bf16 weights read a bf16 gradient and
+    write a bf16 shadow, so 28 too, and the bottleneck's bias, the only bias with a shadow, 30); per
+    activation value of a BatchNorm layer with dropout 27 bytes in fp32 (mask 1; forward z, mask, act 9;
+    backward d(act), act, z, mask, dz 17), without dropout 24, the gather 12 per input value, the
+    sigmoid 12 per output value; in bf16 the activations take 2 bytes."""
+    from daelab.kernels.fused import load_kernels
+
+    if load_kernels() is None:
+        pytest.skip("no C compiler for the fused kernels")
+    from daelab.kernels import make_fused
+    from daelab.noise import parse_noise
+    from daelab.train import TrainConfig, make_optimizer
+
+    profile_fp32 = benchmark_module("profile_fp32")
+    model = build_model(ModelConfig(input_dim=8, hidden=(8, 8, 8), code_dim=8, decoder_hidden=(8, 8)))
+    assert sum(p.numel() for p in model.parameters()) == 584
+    policy = make_fused(model, make_optimizer(model, TrainConfig()), torch.device("cpu"), precision)
+    policy.step(torch.rand(16, 8), torch.arange(8), parse_noise("gaussian:0.1"), torch.Generator().manual_seed(0))
+    assert profile_fp32.adam_bytes(policy) == adam
+    assert profile_fp32.elementwise_bytes(policy, 8) == elementwise
 
 
 def test_bench_conv_step_times_each_contender_against_eager(capsys):
