@@ -139,8 +139,9 @@ def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys, precision)
     profile_fp32 = benchmark_module("profile_fp32")
     budget = profile_fp32.step_budget(torch.rand(4 * profile_fp32.BATCH, 784), gemm_gflops=200.0, precision=precision)
     assert budget["precision"] == precision
-    assert budget["adam_ms"] == pytest.approx(budget["step_ms"] - budget["forward_backward_ms"])
-    for key in ("calls_ms", "step_ms", "gemm_ms", "forward_backward_ms"):
+    # the fastest step is no faster than its fastest parts together
+    assert budget["step_ms"] >= budget["forward_backward_ms"] + budget["adam_ms"] - 1e-9
+    for key in ("calls_ms", "step_ms", "gemm_ms", "forward_backward_ms", "adam_ms", "adam_alone_ms"):
         assert math.isfinite(budget[key]) and budget[key] > 0, key
     profile_fp32.print_budget(budget, torch.get_num_threads())
     printed = capsys.readouterr().out
