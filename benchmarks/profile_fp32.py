@@ -20,10 +20,10 @@ oneDNN and ATen run their AVX2 code too, and the kernels their AVX2 build): the 
 this one can play it. Last, a profile of one fp32 step before (PyTorch's ops) and after (fused):
 self time of each op under ``torch.profiler``, the C kernels timed as ``kernel::<name>`` records,
 grouped into matrix products, elementwise work, Adam, and the rest. Between the two, the fused
-step's time beyond the model-GEMM ceiling without the profiler (:func:`step_budget`), with the floor
-a step of separate passes cannot beat (the products at the ceiling, Adam alone, the elementwise
-kernels' bytes at Adam's rate, the calls), for the native fp32 step, the forced-AVX2 one, and where
-bf16 is native the bf16 step against its own ceiling.
+step's time beyond the model-GEMM ceiling without the profiler (:func:`step_budget`), with an
+estimate of the floor of a step of separate passes (the products at the ceiling, Adam alone, the
+elementwise kernels' bytes at Adam's rate, the calls), for the native fp32 step, the forced-AVX2
+one, and where bf16 is native the bf16 step against its own ceiling.
 
     python benchmarks/profile_fp32.py [--rounds 30] [--steps 12] [--no-avx2-child] [--json out.json]
 """
@@ -246,16 +246,17 @@ def step_budget(clean: torch.Tensor, gemm_gflops: float, precision: str = "fp32"
     after it; ``step_ms`` is the fastest whole step, ``forward_backward_ms`` and ``adam_ms`` the
     fastest of each part (so ``adam_ms`` is Adam where the step runs it, not a difference of two
     best times, which a noisy machine can make negative), beside the time the model's matrix
-    products take at the ceiling. ``target`` is issue 19's fraction of the ceiling (85% in fp32, 70% in bf16) and
-    ``budget_ms`` what a step may spend beyond the products to reach it;
+    products take at the ceiling. ``target`` is issue 19's fraction of the ceiling (85% in fp32,
+    70% in bf16) and ``budget_ms`` what a step may spend beyond the products to reach it;
     ``calls_ms`` is what the step's calls cost by themselves (:func:`call_overhead`).
 
-    The floor of this design: Adam timed alone (``adam_alone_ms``, best of 30: one streaming pass over
-    :func:`adam_bytes`, so its rate, ``adam_gb_per_s``, is what this machine's memory gives such a pass
-    now), the elementwise kernels' least bytes (:func:`elementwise_bytes`) at that rate, and the calls,
-    added to the products at the ceiling: ``floor_ms``, the fastest a step of separate passes called
-    from Python could be, and ``floor_fraction`` = ``gemm_ms / floor_ms``, the most of the ceiling it
-    could reach.
+    The floor of this design, estimated: Adam timed alone (``adam_alone_ms``, best of 30: one
+    streaming pass over :func:`adam_bytes`, so its rate, ``adam_gb_per_s``, is what this machine's
+    memory gives such a pass now), the elementwise kernels' least bytes (:func:`elementwise_bytes`)
+    at that rate (data a kernel finds in its core's cache can move faster), and the calls, added to
+    the products at the ceiling: ``floor_ms``, about the fastest a step of separate passes called
+    from Python could be, and ``floor_fraction`` = ``gemm_ms / floor_ms``, about the most of the
+    ceiling it could reach.
     """
     contender = Daelab(clean, 4, precision, fused=True)
     contender.run()
@@ -311,7 +312,7 @@ def print_budget(budget: dict, threads: int) -> None:
     print(f"| the step's calls alone (Python, ctypes, dispatch: the same step on a width-8 model) "
           f"| {budget['calls_ms']:.2f} |")
     print(f"{budget['target']:.0%} of the ceiling leaves {budget['budget_ms']:.2f} ms per step beyond the products.")
-    print(f"Floor of separate passes: Adam alone {budget['adam_alone_ms']:.2f} ms "
+    print(f"Floor of separate passes (estimated): Adam alone {budget['adam_alone_ms']:.2f} ms "
           f"({budget['adam_bytes'] / 1e6:.1f} MB at {budget['adam_gb_per_s']:.0f} GB/s); the elementwise "
           f"kernels' {budget['elementwise_bytes'] / 1e6:.1f} MB at that rate {budget['elementwise_floor_ms']:.2f} ms; "
           f"the calls {budget['calls_ms']:.2f} ms; with the products, at least {budget['floor_ms']:.2f} ms a step: "
