@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import DEFAULT_DATA_DIR, load_train_images  # noqa: E402
-from profile_fp32 import BATCH, Daelab  # noqa: E402
+from profile_fp32 import BATCH, Daelab, one_round  # noqa: E402
 
 from daelab.cpu import cpu_info  # noqa: E402
 from daelab.kernels._abi import KernelInterfaceError  # noqa: E402
@@ -80,8 +80,7 @@ def compare(old_lib, clean: torch.Tensor, precision: str, rounds: int, steps: in
     rates: dict[str, list[float]] = {"old": [], "new": []}
     ratios = []
     for r in range(rounds + 1):  # round 0 warms both up (first-step checks, oneDNN primitives); not counted
-        pair = [("old", old), ("new", new)] if r % 2 == 0 else [("new", new), ("old", old)]
-        this = {name: side.run() for name, side in pair}
+        this = one_round({"old": old, "new": new}, r)
         if r:
             for name, rate in this.items():
                 rates[name].append(rate)

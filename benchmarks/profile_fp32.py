@@ -107,6 +107,14 @@ def contenders(clean: torch.Tensor, steps: int, child: bool) -> dict:
     return made
 
 
+def one_round(made: dict, r: int) -> dict:
+    """Each contender's ``run()`` once, in an order rotated by round ``r`` so that each goes first in
+    turn: samples/s by name, in the order they ran."""
+    names = list(made)
+    shift = r % len(names)
+    return {name: made[name].run() for name in names[shift:] + names[:shift]}
+
+
 def measure(clean: torch.Tensor, rounds: int, steps: int, child: bool) -> dict:
     """Interleaved rounds: samples/s of each contender, ratios to the plain loop within each round, ceilings."""
     made = contenders(clean, steps, child)
@@ -117,12 +125,9 @@ def measure(clean: torch.Tensor, rounds: int, steps: int, child: bool) -> dict:
     gemm = {"fp32": [], "bf16": []}
     names = list(made)
     for r in range(rounds):
-        shift = r % len(names)
-        this_round = {}
-        for name in names[shift:] + names[:shift]:
-            this_round[name] = made[name].run()
-            rates[name].append(this_round[name])
+        this_round = one_round(made, r)
         for name, rate in this_round.items():
+            rates[name].append(rate)
             ratios[name].append(rate / this_round["plain"])
         gemm["fp32"].append(model_gemm_rate(build_model(ModelConfig()), torch.float32, seconds=0.1))
         if "bf16-fused" in made:
