@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from daelab.data import FASHION_FILES, load_dataset, to_tensor, write_idx
+from daelab.kernels import load_kernels
 from daelab.models import ModelConfig, build_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+needs_kernels = pytest.mark.skipif(load_kernels() is None, reason="no C compiler for the fused kernels")
 
 
 def benchmark_module(name: str):
@@ -127,13 +129,11 @@ def test_bench_denoise_caps_the_libraries_to_a_forced_isa():
     assert "MKL_ENABLE_INSTRUCTIONS=AVX2" in header and "ONEDNN_MAX_CPU_ISA=AVX2" in header
 
 
+@needs_kernels
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys, precision):
     from daelab.cpu import cpu_info
-    from daelab.kernels.fused import load_kernels
 
-    if load_kernels() is None:
-        pytest.skip("no C compiler for the fused kernels")
     if precision == "bf16" and not cpu_info().native_bf16:
         pytest.skip("no native bf16 here: profile_fp32 budgets fp32 only")
     profile_fp32 = benchmark_module("profile_fp32")
@@ -158,6 +158,7 @@ def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys, precision)
     assert f"at most {budget['floor_fraction']:.0%} of the ceiling" in printed
 
 
+@needs_kernels
 @pytest.mark.parametrize("precision, adam, elementwise",
                          [("fp32", 584 * 28, 1200 * 8), ("bf16", 584 * 28 + 8 * 2, 672 * 8)])
 def test_profile_fp32_counts_the_bytes_adam_and_the_kernels_move(precision, adam, elementwise):
@@ -167,10 +168,6 @@ def test_profile_fp32_counts_the_bytes_adam_and_the_kernels_move(precision, adam
     activation value of a BatchNorm layer with dropout 27 bytes in fp32 (mask 1; forward z, mask, act 9;
     backward d(act), act, z, mask, dz 17), without dropout 24, the gather 12 per input value, the
     sigmoid 12 per output value; in bf16 the activations take 2 bytes."""
-    from daelab.kernels.fused import load_kernels
-
-    if load_kernels() is None:
-        pytest.skip("no C compiler for the fused kernels")
     from daelab.kernels import make_fused
     from daelab.noise import parse_noise
     from daelab.train import TrainConfig, make_optimizer
@@ -198,11 +195,8 @@ def test_bench_conv_step_times_each_contender_against_eager(capsys):
     assert "| eager |" in printed and "| channels_last |" in printed and "MFLOP per patch" in printed
 
 
+@needs_kernels
 def test_ab_kernels_says_whether_a_kernel_change_kept_the_numbers(tmp_path):
-    from daelab.kernels.fused import load_kernels
-
-    if load_kernels() is None:
-        pytest.skip("no C compiler for the fused kernels")
     ab = benchmark_module("ab_kernels")
     clean = torch.rand(2 * ab.BATCH, 784)
     kernels = Path(ab.SOURCE).parent
@@ -225,11 +219,8 @@ def test_ab_kernels_says_whether_a_kernel_change_kept_the_numbers(tmp_path):
         assert ("identical bit for bit" in printed) is kept and "new/old within a round" in printed
 
 
+@needs_kernels
 def test_ab_kernels_builds_a_commits_kernels_and_refuses_a_bad_one_in_a_line(tmp_path):
-    from daelab.kernels.fused import load_kernels
-
-    if load_kernels() is None:
-        pytest.skip("no C compiler for the fused kernels")
     if subprocess.run(["git", "-C", str(BENCHMARKS), "rev-parse", "HEAD"], capture_output=True).returncode:
         pytest.skip("not a git checkout")
     ab = benchmark_module("ab_kernels")
