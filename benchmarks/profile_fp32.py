@@ -219,7 +219,7 @@ def adam_bytes(policy) -> int:
     parameter read and written (fp32), its gradient read (fp32 or bf16), both moments read and written
     (fp32), and the bf16 shadow written where there is one."""
     total = 0
-    for _param, _grad, grad_bf16, _m, _v, shadow, n in policy._optimizer_step.calls.values():
+    for _param, _grad, grad_bf16, _m, _v, shadow, n in policy._optimizer_step.calls:
         total += n * (4 + 4 + (2 if grad_bf16 else 4) + 8 + 8 + (2 if shadow is not None else 0))
     return total
 
@@ -247,12 +247,11 @@ def elementwise_bytes(policy, batch: int = BATCH) -> int:
 def step_budget(clean: torch.Tensor, gemm_gflops: float, precision: str = "fp32") -> dict:
     """Where the fused step's time (fp32, or bf16) beyond the model-GEMM ceiling goes, without the profiler.
 
-    30 steps on one fixed batch as the step runs them (each layer's Adam right after its backward):
-    ``step_ms`` is the fastest; and 30 steps of separate passes, each timed in its two parts: the
-    forward+backward, and the whole Adam right after it (``forward_backward_ms`` and ``adam_ms``, the
-    fastest of each part, so ``adam_ms`` is not a difference of two best times, which a noisy
-    machine can make negative; ``separate_step_ms`` the fastest such step), beside the time the
-    model's matrix products take at the ceiling. ``target`` is issue 19's fraction of the ceiling (85% in fp32,
+    30 steps on one fixed batch, each timed in its two parts: the forward+backward, and Adam right
+    after it; ``step_ms`` is the fastest whole step, ``forward_backward_ms`` and ``adam_ms`` the
+    fastest of each part (so ``adam_ms`` is Adam where the step runs it, not a difference of two
+    best times, which a noisy machine can make negative), beside the time the model's matrix
+    products take at the ceiling. ``target`` is issue 19's fraction of the ceiling (85% in fp32,
     70% in bf16) and ``budget_ms`` what a step may spend beyond the products to reach it;
     ``calls_ms`` is what the step's calls cost by themselves (:func:`call_overhead`).
 
@@ -267,24 +266,21 @@ def step_budget(clean: torch.Tensor, gemm_gflops: float, precision: str = "fp32"
     contender = Daelab(clean, 4, precision, fused=True)
     contender.run()
     policy, index = contender.policy, torch.arange(BATCH)
-    step_ms = _best_ms(lambda: policy.step(clean, index, contender.noise, contender.generator))
-    parts, adam_step = [], policy._adam().step
+    parts = []
     for _ in range(30):
         began = time.perf_counter()
         policy.forward_backward(clean, index, contender.noise, contender.generator)
         backward_done = time.perf_counter()
-        adam_step()
+        policy._adam()
         parts.append((backward_done - began, time.perf_counter() - backward_done))
-    separate_ms, forward_backward_ms, adam_in_step_ms = (1e3 * min(v) for v in ([a + b for a, b in parts],
-                                                                                 *zip(*parts)))
+    step_ms, forward_backward_ms, adam_in_step_ms = (1e3 * min(v) for v in ([a + b for a, b in parts], *zip(*parts)))
     gemm_ms = train_flops_per_sample(build_model(ModelConfig())) * BATCH / (gemm_gflops * 1e9) * 1e3
     adam, elementwise = adam_bytes(policy), elementwise_bytes(policy)
-    adam_alone_ms = _best_ms(adam_step)
+    adam_alone_ms = _best_ms(policy._adam)
     rate = adam / (adam_alone_ms * 1e-3) / 1e9
     calls = call_overhead(precision)
     floor_ms = gemm_ms + adam_alone_ms + elementwise / (rate * 1e9) * 1e3 + calls["calls_ms"]
-    return {"gemm_ms": gemm_ms, "step_ms": step_ms, "separate_step_ms": separate_ms,
-            "forward_backward_ms": forward_backward_ms,
+    return {"gemm_ms": gemm_ms, "step_ms": step_ms, "forward_backward_ms": forward_backward_ms,
             "adam_ms": adam_in_step_ms, "rest_ms": forward_backward_ms - gemm_ms,
             "fraction_of_ceiling": gemm_ms / step_ms, "target": TARGETS[precision],
             "budget_ms": gemm_ms / TARGETS[precision] - gemm_ms,
@@ -315,12 +311,9 @@ def print_budget(budget: dict, threads: int) -> None:
     print(f"| the model's matrix products at the model-GEMM ceiling | {budget['gemm_ms']:.2f} |")
     print(f"| forward+backward beyond that (C kernels, the products' shortfall in the step, Python) "
           f"| {budget['rest_ms']:.2f} |")
-    print(f"| Adam, all of it right after the backward (alone, repeated: {budget['adam_alone_ms']:.2f}) | "
+    print(f"| Adam, right after the backward (alone, repeated: {budget['adam_alone_ms']:.2f}) | "
           f"{budget['adam_ms']:.2f} |")
-    print(f"| the step of these separate passes ({budget['gemm_ms'] / budget['separate_step_ms']:.0%} of the ceiling) "
-          f"| {budget['separate_step_ms']:.2f} |")
-    print(f"| **fused step**, each layer's Adam right after its backward ({budget['fraction_of_ceiling']:.0%} of "
-          f"the ceiling) | **{budget['step_ms']:.2f}** |")
+    print(f"| **fused step** ({budget['fraction_of_ceiling']:.0%} of the ceiling) | **{budget['step_ms']:.2f}** |")
     print(f"| the step's calls alone (Python, ctypes, dispatch: the same step on a width-8 model) "
           f"| {budget['calls_ms']:.2f} |")
     print(f"{budget['target']:.0%} of the ceiling leaves {budget['budget_ms']:.2f} ms per step beyond the products.")

@@ -139,16 +139,13 @@ def test_profile_fp32_budget_prints_what_the_calls_alone_cost(capsys, precision)
     profile_fp32 = benchmark_module("profile_fp32")
     budget = profile_fp32.step_budget(torch.rand(4 * profile_fp32.BATCH, 784), gemm_gflops=200.0, precision=precision)
     assert budget["precision"] == precision
-    # the fastest step of separate passes is no faster than its fastest parts together
-    assert budget["separate_step_ms"] >= budget["forward_backward_ms"] + budget["adam_ms"] - 1e-9
-    assert budget["fraction_of_ceiling"] == pytest.approx(budget["gemm_ms"] / budget["step_ms"])
-    for key in ("calls_ms", "step_ms", "separate_step_ms", "gemm_ms", "forward_backward_ms", "adam_ms",
-                "adam_alone_ms"):
+    # the fastest step is no faster than its fastest parts together
+    assert budget["step_ms"] >= budget["forward_backward_ms"] + budget["adam_ms"] - 1e-9
+    for key in ("calls_ms", "step_ms", "gemm_ms", "forward_backward_ms", "adam_ms", "adam_alone_ms"):
         assert math.isfinite(budget[key]) and budget[key] > 0, key
     profile_fp32.print_budget(budget, torch.get_num_threads())
     printed = capsys.readouterr().out
     assert f"The fused {precision} step" in printed and "the step's calls alone" in printed
-    assert "each layer's Adam right after its backward" in printed
     assert f"{budget['target']:.0%} of the ceiling leaves" in printed
     assert budget["budget_ms"] == pytest.approx(budget["gemm_ms"] * (1 / budget["target"] - 1))
     assert budget["adam_gb_per_s"] == pytest.approx(budget["adam_bytes"] / budget["adam_alone_ms"] / 1e6)

@@ -32,7 +32,7 @@ class FusedAdam:
     def __init__(self, lib: Kernels, optimizer: torch.optim.Adam, grads: dict, shadows: dict | None = None):
         self.lib, self.group = lib, optimizer.param_groups[0]
         shadows = shadows or {}
-        states, self.calls = [], {}  # parameter -> its adam call's arrays
+        states, self.calls = [], []
         for param, grad in grads.items():
             if grad.dtype not in (torch.float32, torch.bfloat16):
                 raise ValueError(f"fused Adam takes fp32 or bf16 gradients, not {grad.dtype}")
@@ -45,8 +45,7 @@ class FusedAdam:
             call = (ptr(param), ptr(grad), int(grad.dtype == torch.bfloat16), ptr(state["exp_avg"]),
                     ptr(state["exp_avg_sq"]), ptr(shadows.get(param)), param.numel())
             lib.adam.check(*call, 0.9, 0.999, 1e-8, 1e-3, 1.0)
-            self.calls[param] = call
-        self.params = list(self.calls)
+            self.calls.append(call)
         self.t = float(states[0]["step"]) if states else 0.0
         if any(float(state["step"]) != self.t for state in states):
             raise ValueError("parameters at different Adam steps")
@@ -59,23 +58,12 @@ class FusedAdam:
 
     def step(self) -> None:
         """One Adam step of every parameter from its gradient buffer (and its bf16 shadow, where it has one)."""
-        self.begin()
-        self.update(self.params)
-
-    def begin(self) -> None:
-        """Start a step: count it and fix its step size; then :meth:`update` each parameter once."""
         self.step_counts.add_(1.0)
         self.t += 1
         beta1, beta2 = self.group["betas"]
-        self._scalars = (beta1, beta2, self.group["eps"], float(self.group["lr"]) / (1 - beta1 ** self.t),
-                         math.sqrt(1 - beta2 ** self.t))
-
-    def update(self, params) -> None:
-        """The step begun by :meth:`begin` for ``params`` (some of :attr:`params`), in any order or grouping.
-
-        Each parameter's update reads only its own gradient and state, so updating a layer as soon
-        as the backward is done with it gives the same values as one update of all at the end.
-        """
-        adam, scalars = self.lib.trusted.adam, self._scalars  # the arrays were checked in __init__
-        for param in params:
-            adam(*self.calls[param], *scalars)
+        step_size = float(self.group["lr"]) / (1 - beta1 ** self.t)
+        bias_correction2_sqrt = math.sqrt(1 - beta2 ** self.t)
+        eps, adam = self.group["eps"], self.lib.trusted.adam  # the arrays were checked in __init__
+        for param, grad, grad_bf16, exp_avg, exp_avg_sq, shadow, n in self.calls:
+            adam(param, grad, grad_bf16, exp_avg, exp_avg_sq, shadow, n, beta1, beta2, eps, step_size,
+                 bias_correction2_sqrt)

@@ -49,7 +49,6 @@ class _Layer:
         self.kind, self.linear, self.bn, self.dropout, self.slope = kind, linear, bn, dropout, slope
         self.threshold, self.keep_scale = keep_threshold(dropout), 1.0 / (1.0 - dropout)
         self.weight = self.bias = None  # the products' weights: set by use(), for the step's precision
-        self.params = [linear.weight, linear.bias] + ([bn.weight, bn.bias] if bn is not None else [])
 
     def use(self, dtype: torch.dtype) -> None:
         """Take the weights the products run on: bf16 shadows (rewritten by Adam), or fp32 views of the masters."""
@@ -189,15 +188,15 @@ class FusedMLP:
     def step(self, data: torch.Tensor, index: torch.Tensor, noise, generator: torch.Generator) -> torch.Tensor:
         """One Adam step on ``data[index]`` with fresh ``noise``; returns the batch's mean loss (a 0-d tensor).
 
-        Parameters as for :meth:`forward_backward`, which runs it with the Adam update of each layer
-        right after that layer's backward (on this machine 1% faster than one Adam pass after it,
-        ``docs/performance.md``).
+        Parameters as for :meth:`forward_backward`, which this follows with the Adam update.
         """
-        return self.forward_backward(data, index, noise, generator, adam=self._adam())
+        loss = self.forward_backward(data, index, noise, generator)
+        self._adam()
+        return loss
 
     @torch.no_grad()
     def forward_backward(self, data: torch.Tensor, index: torch.Tensor, noise,
-                         generator: torch.Generator, adam: FusedAdam | None = None) -> torch.Tensor:
+                         generator: torch.Generator) -> torch.Tensor:
         """Forward and backward of one batch: the mean MSE (a 0-d tensor), gradients in :attr:`grads`.
 
         Parameters
@@ -206,10 +205,6 @@ class FusedMLP:
         index : (B,) int64 rows of ``data`` in this batch, each in [0, N).
         noise : a :class:`daelab.noise.NoiseModel`; the study's Gaussian is drawn inside the C gather.
         generator : the training generator; one 64-bit draw per step seeds noise and dropout.
-        adam : the :class:`FusedAdam` to step, each layer's parameters as soon as the backward is
-            done with them, while their gradients are still in the caches (what :meth:`step` does;
-            the same values as one update of all at the end, tested); default None: no update.
-            The step begins after the forward, so an error raised there leaves Adam's state as it was.
 
         Raises
         ------
@@ -248,8 +243,6 @@ class FusedMLP:
                 activations.append(self._bn_forward(lib, layer, buf, batch, seed, k + 1))
         out = self.layers[-1]
         width = out.linear.out_features
-        if adam is not None:
-            adam.begin()
         sigmoid_mse, bn_backward = getattr(lib, "sigmoid_mse" + suffix), getattr(lib, "bn_backward" + suffix)
         total = sigmoid_mse(ptr(buffers["layers"][-1]["z"]), ptr(out.linear.bias), ptr(clean), batch, width,
                             1.0 / (batch * width), ptr(buffers["layers"][-1]["dz"]),
@@ -269,8 +262,6 @@ class FusedMLP:
             torch.mm(dz.t(), x, out=self._grads[layer.linear.weight])
             if k:
                 torch.mm(dz, layer.weight, out=buf["dact_in"])
-            if adam is not None:  # nothing below reads this layer's parameters or gradients
-                adam.update(layer.params)
         self._checked.add(batch)
         return torch.tensor(total / (batch * width))
 
@@ -285,14 +276,14 @@ class FusedMLP:
         bn.num_batches_tracked.add_(1)  # in place: `+=` would go through Module.__setattr__
         return buf["act"]
 
-    def _adam(self) -> FusedAdam:
+    def _adam(self) -> None:
         if self._optimizer_step is None:  # built at the first step: after any optimizer state was loaded
             shadows = {}
             if self.dtype == torch.bfloat16:  # fp32 products read the master weights themselves
                 shadows = {layer.linear.weight: layer.weight for layer in self.layers}
                 shadows.update({layer.linear.bias: layer.bias for layer in self.layers if layer.bias is not None})
             self._optimizer_step = FusedAdam(self.lib, self.optimizer, self._grads, shadows)
-        return self._optimizer_step
+        self._optimizer_step.step()
 
 
 def make_fused(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, precision: str = "bf16",
