@@ -132,16 +132,16 @@ def test_a_step_refused_for_a_bad_row_leaves_adam_as_it_was():
     """The gather checks the rows before any work and Adam runs after the backward: a refused step
     changes no weight, moment or step count."""
     model, optimizer, policy = _setup()
-    data, generator = torch.rand(100, 100), torch.Generator().manual_seed(0)
-    policy.step(data, torch.arange(32), parse_noise("gaussian:0.1"), generator)
+    data, noise, generator = torch.rand(100, 100), parse_noise("gaussian:0.1"), torch.Generator().manual_seed(0)
+    policy.step(data, torch.arange(32), noise, generator)
     before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
     with pytest.raises(fused.KernelError, match="outside"):
-        policy.step(data, torch.tensor([0, 5, 100]), parse_noise("gaussian:0.1"), generator)
+        policy.step(data, torch.tensor([0, 5, 100]), noise, generator)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), before[0].values()))
     after = optimizer.state_dict()["state"]
     for key, state in before[1]["state"].items():
         assert all(torch.equal(state[name], after[key][name]) for name in ("step", "exp_avg", "exp_avg_sq"))
-    policy.step(data, torch.arange(32), parse_noise("gaussian:0.1"), generator)
+    policy.step(data, torch.arange(32), noise, generator)
     assert {float(s["step"]) for s in optimizer.state.values()} == {2.0}
 
 
