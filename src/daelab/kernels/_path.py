@@ -82,5 +82,5 @@ def choose_path(device: torch.device, precision: str = "auto", kernels: str = "a
                                               f"{why})")
     if layout != "flat":
         return TrainingPath(precision, False,
-                            f"{precision} PyTorch ops (a conv model: the fused kernels are the MLP's; {why})")
+                            f"{precision} PyTorch ops (an image model: the fused kernels are the MLP's; {why})")
     return TrainingPath(precision, True, f"{precision} fused kernels ({_VARIANT_WORDS[kernel_variant(cpu)]}; {why})")
