@@ -246,7 +246,7 @@ def test_checkpoints_older_than_the_new_settings_still_load_and_resume(tmp_path,
     from daelab.config import from_jsonable, to_jsonable
     state = load_checkpoint(tiny_run / LAST)
     old_model = {k: v for k, v in state["model_config"].items() if k not in ("depth", "batch_norm")}
-    new_train = ("patch_size", "patches_per_epoch", "val_dir", "lr_schedule", "loss")
+    new_train = ("patch_size", "patches_per_epoch", "val_dir", "lr_schedule")
     old_train = {k: v for k, v in state["train_config"].items() if k not in new_train}
     assert from_jsonable(ModelConfig, old_model) == ModelConfig()
     assert to_jsonable(from_jsonable(ModelConfig, to_jsonable(ModelConfig(name="ffdnet", depth=5)))) == \

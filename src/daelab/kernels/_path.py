@@ -31,7 +31,7 @@ class TrainingPath(NamedTuple):
 
 
 def choose_path(device: torch.device, precision: str = "auto", kernels: str = "auto", cpu: CpuInfo | None = None,
-                distributed: bool = False, layout: str = "flat", loss: str = "mse") -> TrainingPath:
+                distributed: bool = False, layout: str = "flat") -> TrainingPath:
     """The fastest correct training path for ``device`` under the ``--precision``/``--kernels`` requests.
 
     Parameters
@@ -50,9 +50,6 @@ def choose_path(device: torch.device, precision: str = "auto", kernels: str = "a
     layout : str
         The model's ``input_layout``: the fused step is the flat MLP's, so an ``image`` model (conv,
         dncnn, ffdnet, resunet) trains on PyTorch's ops at the chosen precision.
-    loss : str
-        The training objective (``TrainConfig.loss``): the fused step's tail computes the MSE, so
-        another loss trains on PyTorch's ops.
 
     Returns
     -------
@@ -86,7 +83,4 @@ def choose_path(device: torch.device, precision: str = "auto", kernels: str = "a
     if layout != "flat":
         return TrainingPath(precision, False,
                             f"{precision} PyTorch ops (an image model: the fused kernels are the MLP's; {why})")
-    if loss != "mse":
-        return TrainingPath(precision, False, f"{precision} PyTorch ops (--loss {loss}: the fused kernels train the "
-                                              f"MSE; {why})")
     return TrainingPath(precision, True, f"{precision} fused kernels ({_VARIANT_WORDS[kernel_variant(cpu)]}; {why})")

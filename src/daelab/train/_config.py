@@ -20,10 +20,6 @@ from daelab.seeds import STRIDE
 PRECISIONS = ("auto", "fp32", "bf16")
 KERNELS = ("auto", "torch")
 LR_SCHEDULES = ("constant", "cosine")
-LOSSES = ("mse", "log_mse")
-# log_mse's floor under each sample's MSE: 50 dB of PSNR on [0, 1] images, so a sample already denoised
-# past that (a patch drawn with std ~0) neither dominates the batch nor sends the log to -inf.
-LOG_MSE_FLOOR = 1e-5
 # What training on an image folder uses when the patch settings are not given (the natural models' defaults).
 DEFAULT_PATCH_SIZE = 40
 DEFAULT_PATCHES_PER_EPOCH = 12_800
@@ -100,11 +96,6 @@ class TrainConfig:
     lr_restart_peak: float = field(default=0.25, metadata={
         "help": "the second cosine's starting learning rate as a fraction of --lr (with --lr-restart-after)",
         "metavar": "F"})
-    loss: str = field(default="mse", metadata={
-        "help": "the training objective: mse (the study's: the batch's mean squared error) or log_mse (the mean over "
-                f"samples of log(sample MSE + {LOG_MSE_FLOOR:g}), i.e. the mean per-sample PSNR, so a blind denoiser's "
-                "low-noise samples count as much as its high-noise ones; PyTorch ops only); the logged training and "
-                "validation losses stay MSE", "choices": LOSSES})
     bn_recalibration: int = field(default=0, metadata={
         "help": "before each validation, set BatchNorm's running statistics to their exact average over N fixed "
                 "training batches with the epoch's weights (precise BatchNorm; the weights' path is unchanged); "
@@ -130,7 +121,6 @@ class TrainConfig:
             (self.patches_per_epoch is None or self.patches_per_epoch >= 1, "patches-per-epoch must be >= 1", None),
             (self.lr_schedule in LR_SCHEDULES, f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}", None),
             (self.bn_recalibration >= 0, "bn-recalibration must be >= 0", None),
-            (self.loss in LOSSES, f"loss must be one of {', '.join(LOSSES)}", None),
             (self.lr_restart_after >= 0, "lr-restart-after must be >= 0", None),
             (self.lr_restart_after == 0 or self.lr_schedule == "cosine",
              "lr-restart-after applies to the cosine schedule", "add --lr-schedule cosine or drop it"),

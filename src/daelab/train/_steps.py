@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from daelab.kernels.fused import choose_path, make_fused
-from daelab.train._config import LOG_MSE_FLOOR, LOSSES, TrainConfig
+from daelab.train._config import TrainConfig
 from daelab.train._precision import WeightPolicy, make_policy
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,10 @@ class TorchStep:
         (N, ...) the clean images batches are drawn from (sets the buffers' shape and dtype).
     batch_size : int
         The largest batch; the buffers are made once at this size.
-    loss : str
-        ``mse`` (the batch's mean squared error) or ``log_mse`` (the mean over samples of
-        ``log(sample MSE + LOG_MSE_FLOOR)``); :meth:`step` returns the batch's MSE either way.
     """
 
     def __init__(self, weights: WeightPolicy, optimizer: torch.optim.Optimizer, forward: nn.Module,
-                 data: torch.Tensor, batch_size: int, loss: str = "mse"):
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, not {loss!r}")
-        self.loss = loss
+                 data: torch.Tensor, batch_size: int):
         self.weights, self.optimizer, self.forward = weights, optimizer, forward
         self.module, self.dtype = weights.module, weights.dtype
         self._clean = torch.empty((batch_size,) + tuple(data.shape[1:]), dtype=data.dtype, device=data.device)
@@ -79,19 +73,14 @@ class TorchStep:
         self._low = weights.dtype != data.dtype
 
     def step(self, data: torch.Tensor, index: torch.Tensor, noise, generator: torch.Generator) -> torch.Tensor:
-        """One Adam step on ``data[index]`` with fresh ``noise``; returns the batch's mean squared error (0-d)."""
+        """One Adam step on ``data[index]`` with fresh ``noise``; returns the batch's mean loss (0-d)."""
         n = len(index)
         batch, noisy = self._clean[:n], self._noisy[:n]
         torch.index_select(data, 0, index, out=batch)
         noise.apply_(batch, noisy, generator)
         denoised = self.forward(noisy.to(self.dtype) if self._low else noisy)
-        if self.loss == "mse":
-            loss = objective = F.mse_loss(denoised.float(), batch)
-        else:
-            per_sample = (denoised.float() - batch).square().flatten(1).mean(1)
-            objective = torch.log(per_sample + LOG_MSE_FLOOR).mean()
-            loss = per_sample.detach().mean()
-        objective.backward()
+        loss = F.mse_loss(denoised.float(), batch)
+        loss.backward()
         self.weights.after_backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -153,7 +142,7 @@ def train_steps(policy: StepPolicy | WeightPolicy, optimizer: torch.optim.Optimi
         clean = clean.contiguous()
         stepper = policy
     else:
-        stepper = TorchStep(policy, optimizer, forward or policy.module, clean, config.batch_size, config.loss)
+        stepper = TorchStep(policy, optimizer, forward or policy.module, clean, config.batch_size)
     batch_size = config.batch_size
     loss_sum = torch.zeros((), dtype=torch.float64, device=clean.device)
     samples = steps = 0
@@ -233,7 +222,7 @@ def make_training_policy(model: nn.Module, optimizer: torch.optim.Optimizer, con
         A :class:`~daelab.kernels.fused.FusedMLP`, or an fp32 / bf16-shadow weight policy.
     """
     path = choose_path(device, config.precision, config.kernels, distributed=distributed,
-                       layout=getattr(model, "input_layout", "flat"), loss=config.loss)
+                       layout=getattr(model, "input_layout", "flat"))
     policy = make_fused(model, optimizer, device, precision=path.precision) if path.fused else None
     reason = path.reason
     if path.fused and policy is None:  # make_fused has warned why
