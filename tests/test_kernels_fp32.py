@@ -130,8 +130,9 @@ def test_choose_path_honours_requests_caps_and_devices():
     torch_ops = choose_path(CPU, "auto", "torch", cpu=_cpu("avx2"))
     assert torch_ops == ("fp32", False, "fp32 PyTorch ops (--kernels torch; no native bf16)")
     assert choose_path(CPU, cpu=_cpu("amx"), distributed=True)[:2] == ("bf16", False)
-    conv = choose_path(CPU, cpu=_cpu("avx2"), layout="image")  # an image model says why its precision too
-    assert conv == ("fp32", False, "fp32 PyTorch ops (an image model: the fused kernels are the MLP's; no native bf16)")
+    image = choose_path(CPU, cpu=_cpu("avx2"), layout="image")  # an image model says why its precision too
+    assert image == ("fp32", False,
+                     "fp32 PyTorch ops (an image model: the fused kernels are the MLP's; no native bf16)")
     assert choose_path(torch.device("meta"), "fp32")[:2] == ("fp32", False)
     with pytest.raises(ValueError):
         choose_path(CPU, "fp16")
