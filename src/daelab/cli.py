@@ -27,7 +27,7 @@ log = logging.getLogger("daelab")
 
 # Settings that may change when a run is resumed; everything else is the checkpoint's.
 # The warm restart is among them: it leaves the epochs before it as they were, so a finished cosine
-# run can be continued into a restart schedule (configs/natural-gray.toml was trained that way).
+# run can be continued into a restart schedule (natural-gray's lr 1e-3 weights were trained that way).
 RESUMABLE = {"epochs", "device", "threads", "data_dir", "checkpoint_every", "early_stopping", "lr_restart_after",
              "lr_restart_peak"}
 
