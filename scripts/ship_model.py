@@ -4,7 +4,9 @@ A thin command over :func:`daelab.pretrained._export.export_model`: it writes
 ``DIR/NAME.safetensors`` and replaces (or appends) NAME's entry in ``DIR/manifest.json`` (DIR is
 the package's ``src/daelab/pretrained`` unless ``--directory`` says otherwise), then prints the
 entry's name, sha256 prefix and size. ``--measured-from-evaluation`` builds the measured figures
-from the ``evaluation.json`` that ``daelab evaluate RUN_DIR --images DIR`` wrote.
+from the ``evaluation.json`` that ``daelab evaluate RUN_DIR --images DIR`` wrote;
+``--baselines-evaluation`` takes the baselines' figures from an earlier evaluation of the same
+noisy images (BM3D need not run again for a retrained model).
 
     PYTHONPATH=src python scripts/ship_model.py runs/natural-gray --name natural-gray \\
         --description "..." --training-command "make natural-gray at abc1234" \\
@@ -25,6 +27,9 @@ EXAMPLES = """examples:
       --measured-from-evaluation runs/natural-gray/set12/evaluation.json --psnr-on "Set12" --cpu "2-core Xeon"
   scripts/ship_model.py runs/study --name fashion-mlp --description "..." --training-command "make reproduce" \\
       --data-json data.json --measured-json measured.json --commit fd5d0c8 --directory /tmp/addons
+  scripts/ship_model.py runs/retrained --name natural-gray --description "..." --training-command "..." \
+      --data-json data.json --measured-from-evaluation runs/retrained/set12/evaluation.json \
+      --baselines-evaluation runs/natural-gray/set12-bm3d/evaluation.json
 """
 
 
@@ -67,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     figures.add_argument("--ensemble-evaluation", action="append", default=[], metavar="EVALUATION_JSON",
                          help="an evaluation.json of the same images with --ensemble N (N > 1): its PSNR per noise "
                               "level goes into ensemble_psnr_db[N], which 'daelab models' lists; repeatable")
+    figures.add_argument("--baselines-evaluation", default=None, metavar="EVALUATION_JSON",
+                         help="take baselines_psnr_db from this evaluation.json instead (e.g. an earlier "
+                              "'--baselines bm3d' run, as BM3D does not change when the model is retrained); "
+                              "refused unless its noisy PSNR equals the evaluation's at every noise level, "
+                              "i.e. the same noisy images")
     where = parser.add_argument_group("what to read and where to write")
     where.add_argument("--checkpoint", choices=("best", "last"), default="best",
                        help="which checkpoint of RUN_DIR ('best' falls back to 'last')")
@@ -112,9 +122,18 @@ def default_licence(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.measured_json is not None and (args.baselines_evaluation or args.ensemble_evaluation):
+        parser.error("--baselines-evaluation and --ensemble-evaluation go with --measured-from-evaluation")
     from daelab.errors import DaelabError
-    from daelab.pretrained._export import ensemble_figures, export_model, measured_from_evaluation, validate_name
+    from daelab.pretrained._export import (
+        baselines_from_evaluation,
+        ensemble_figures,
+        export_model,
+        measured_from_evaluation,
+        validate_name,
+    )
     from daelab.runs import read_json
     try:
         validate_name(args.name)
@@ -124,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             measured = measured_from_evaluation(read_json(args.measured_from_evaluation), psnr_on=args.psnr_on,
                                                 cpu=args.cpu, commit=git_commit(), command=args.evaluation_command)
+            if args.baselines_evaluation:
+                measured = baselines_from_evaluation(measured, read_json(args.baselines_evaluation))
             if args.ensemble_evaluation:
                 measured["ensemble_psnr_db"] = ensemble_figures([read_json(p) for p in args.ensemble_evaluation])
         entry = export_model(args.run_dir, args.name, directory=args.directory, checkpoint=args.checkpoint,

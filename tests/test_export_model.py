@@ -17,7 +17,13 @@ from PIL import Image
 from daelab.errors import ConfigError
 from daelab.models import ModelConfig
 from daelab.pretrained import MANIFEST, PRETRAINED_DIR, describe, list_models, load_pretrained
-from daelab.pretrained._export import ENTRY_KEYS, ensemble_figures, export_model, measured_from_evaluation
+from daelab.pretrained._export import (
+    ENTRY_KEYS,
+    baselines_from_evaluation,
+    ensemble_figures,
+    export_model,
+    measured_from_evaluation,
+)
 from daelab.runs import load_model
 from daelab.train import TrainConfig, fit
 
@@ -214,3 +220,48 @@ def test_the_script_answers_errors_in_one_line_and_has_help(ffdnet_run, shipped,
     assert "--measured-from-evaluation" in help_text and "RUN_DIR" in help_text and "examples:" in help_text
     run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "--measured-from-evaluation" in run.stdout and not run.stderr
+
+
+def test_baselines_come_from_a_second_evaluation_of_the_same_noisy_images():
+    model_only = {**EVALUATION, "image_results": [r for r in EVALUATION["image_results"]
+                                                  if r["method"] in ("model", "noisy")]}
+    bm3d_only = {**EVALUATION, "image_results": [{**r, "psnr": r["psnr"] + 0.5} if r["method"] == "bm3d" else r
+                                                 for r in EVALUATION["image_results"]
+                                                 if r["method"] in ("noisy", "bm3d")]}
+    measured = measured_from_evaluation(model_only)
+    assert "baselines_psnr_db" not in measured
+    merged = baselines_from_evaluation(measured, bm3d_only)
+    assert merged["baselines_psnr_db"] == {"bm3d": {"awgn:15": 32.4, "awgn:25": 29.9}}
+    assert merged["psnr_db"] == measured["psnr_db"] and "baselines_psnr_db" not in measured  # a copy
+    # a baseline the first evaluation had is replaced, the others kept
+    both = baselines_from_evaluation(measured_from_evaluation(EVALUATION), bm3d_only)["baselines_psnr_db"]
+    assert both == {"bm3d": {"awgn:15": 32.4, "awgn:25": 29.9}, "tv": {"awgn:15": 29.1, "awgn:25": 27.0}}
+    # other noisy images (another seed): refused, naming the level and both figures
+    other_seed = {**bm3d_only, "image_results": [{**r, "psnr": r["psnr"] + 0.01} if r["method"] == "noisy" else r
+                                                 for r in bm3d_only["image_results"]]}
+    with pytest.raises(ConfigError, match=r"other noisy images: noisy PSNR at awgn:15 \(24.6 against 24.61 dB\)"):
+        baselines_from_evaluation(measured, other_seed)
+    fewer = {**bm3d_only, "image_results": [r for r in bm3d_only["image_results"] if r["noise"] == "awgn:15"]}
+    with pytest.raises(ConfigError, match="no noisy rows for awgn:25"):
+        baselines_from_evaluation(measured, fewer)
+    with pytest.raises(ConfigError, match="no baseline rows"):
+        baselines_from_evaluation(measured, model_only)
+
+
+def test_the_script_takes_baselines_from_an_earlier_evaluation(ffdnet_run, shipped, tmp_path, capsys):
+    model_only = tmp_path / "model.json"
+    model_only.write_text(json.dumps({**EVALUATION, "image_results": [
+        r for r in EVALUATION["image_results"] if r["method"] != "bm3d"]}))
+    bm3d = tmp_path / "bm3d.json"
+    bm3d.write_text(json.dumps({**EVALUATION, "image_results": [
+        r for r in EVALUATION["image_results"] if r["method"] in ("noisy", "bm3d")]}))
+    args = [str(ffdnet_run), "--name", "natural-gray", "--description", "tiny ffdnet", "--training-command",
+            "pytest", "--data-json", "{}", "--directory", str(shipped)]
+    assert _script().main([*args, "--measured-from-evaluation", str(model_only),
+                           "--baselines-evaluation", str(bm3d)]) == 0
+    assert list_models(shipped)[1]["measured"]["baselines_psnr_db"] == {
+        "tv": {"awgn:15": 29.1, "awgn:25": 27.0}, "bm3d": {"awgn:15": 31.9, "awgn:25": 29.4}}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # it has no meaning beside --measured-json
+        _script().main([*args, "--measured-json", '{"psnr_db": {}}', "--baselines-evaluation", str(bm3d)])
+    assert exit_info.value.code == 2 and "go with --measured-from-evaluation" in capsys.readouterr().err

@@ -185,6 +185,34 @@ def _number(value, where: str) -> float:
     return round(float(value), 4)
 
 
+def _image_figures(evaluation: dict) -> tuple[dict, dict, dict, dict, set]:
+    """The rows of an image-folder evaluation, checked: the model's PSNR and SSIM {noise: mean}, the
+    noisy input's PSNR {noise: mean}, the baselines' {method: {noise: psnr}}, and the model rows'
+    image counts."""
+    from daelab.evaluate._images import MODEL, NOISY
+    rows = evaluation.get("image_results") if isinstance(evaluation, dict) else None
+    hint = "pass the evaluation.json written by 'daelab evaluate MODEL --images DIR'"
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError("the evaluation has no 'image_results' rows", hint)
+    psnr, ssim, noisy, baselines, counts = {}, {}, {}, {}, set()
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("noise", "method")):
+            raise ConfigError(f"image_results[{index}] has no 'noise' and 'method' texts", hint)
+        noise, method = row["noise"], row["method"]
+        where = f"image_results[{index}] ({noise}, {method})"
+        value = _number(row.get("psnr"), f"{where} psnr")
+        if method == MODEL:
+            psnr[noise] = value
+            ssim[noise] = _number(row.get("ssim"), f"{where} ssim")
+            if isinstance(row.get("n_images"), int):
+                counts.add(row["n_images"])
+        elif method == NOISY:
+            noisy[noise] = value
+        else:
+            baselines.setdefault(method, {})[noise] = value
+    return psnr, ssim, noisy, baselines, counts
+
+
 def measured_from_evaluation(evaluation: dict, *, psnr_on: str | None = None, cpu: str | None = None,
                              commit: str | None = None, command: str | None = None) -> dict:
     """A manifest entry's ``measured`` from an image-folder evaluation (``daelab evaluate MODEL --images DIR``).
@@ -210,29 +238,10 @@ def measured_from_evaluation(evaluation: dict, *, psnr_on: str | None = None, cp
     ConfigError : no ``image_results`` list, a row without its keys or with a non-finite figure,
         or no row of method ``"model"`` (an evaluation run without a model).
     """
-    from daelab.evaluate._images import MODEL, NOISY
-    rows = evaluation.get("image_results") if isinstance(evaluation, dict) else None
-    hint = "pass the evaluation.json written by 'daelab evaluate MODEL --images DIR'"
-    if not isinstance(rows, list) or not rows:
-        raise ConfigError("the evaluation has no 'image_results' rows", hint)
-    psnr, ssim, noisy, baselines, counts = {}, {}, {}, {}, set()
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("noise", "method")):
-            raise ConfigError(f"image_results[{index}] has no 'noise' and 'method' texts", hint)
-        noise, method = row["noise"], row["method"]
-        where = f"image_results[{index}] ({noise}, {method})"
-        value = _number(row.get("psnr"), f"{where} psnr")
-        if method == MODEL:
-            psnr[noise] = value
-            ssim[noise] = _number(row.get("ssim"), f"{where} ssim")
-            if isinstance(row.get("n_images"), int):
-                counts.add(row["n_images"])
-        elif method == NOISY:
-            noisy[noise] = value
-        else:
-            baselines.setdefault(method, {})[noise] = value
+    psnr, ssim, noisy, baselines, counts = _image_figures(evaluation)
     if not psnr:
-        raise ConfigError("the evaluation has no rows of method 'model' (it was run without a model)", hint)
+        raise ConfigError("the evaluation has no rows of method 'model' (it was run without a model)",
+                          "pass the evaluation.json written by 'daelab evaluate MODEL --images DIR'")
     if psnr_on is None:
         images = f"{counts.pop():,} images" if len(counts) == 1 else "the images"
         seed = evaluation.get("seed")
@@ -269,3 +278,46 @@ def ensemble_figures(evaluations: list[dict]) -> dict[str, dict[str, float]]:
             raise ConfigError(f"two evaluations with --ensemble {n}", "pass one per ensemble size")
         figures[str(n)] = measured_from_evaluation(evaluation, psnr_on="")["psnr_db"]
     return dict(sorted(figures.items(), key=lambda item: int(item[0])))
+
+
+def baselines_from_evaluation(measured: dict, evaluation: dict) -> dict:
+    """``measured`` with ``baselines_psnr_db`` taken from a second evaluation of the same noisy images.
+
+    BM3D takes minutes per image where the model takes a second, and it does not change when the
+    model is retrained; so a new model's figures (``measured``, from :func:`measured_from_evaluation`
+    of an evaluation run with ``--baselines none``) can carry the baseline rows of an earlier
+    evaluation. That is sound only when both saw the same noisy images: the ``noisy`` PSNR of every
+    noise level the two share must agree to the manifest's 4 decimals (the noise is seeded, so the
+    same folder, levels and seed give the same noisy images on every CPU).
+
+    Returns
+    -------
+    dict : a copy of ``measured`` whose ``baselines_psnr_db`` is {method: {noise: psnr}} for every
+    baseline of ``evaluation`` at the noise levels of ``measured``; a baseline ``measured`` already
+    has is replaced.
+
+    Raises
+    ------
+    ConfigError : bad rows (as :func:`measured_from_evaluation`; a row of method "model" is not
+        needed), a noise level of ``measured`` the evaluation lacks, noisy PSNRs that differ (other
+        images, noise or seed), or no baseline rows at all.
+    """
+    _, _, other_noisy, other_baselines, _ = _image_figures(evaluation)
+    hint = "pass an evaluation of the same images, noise levels and --seed"
+    levels = list(measured.get("psnr_db", {}))
+    missing = [noise for noise in levels if noise not in other_noisy]
+    if missing:
+        raise ConfigError(f"the baselines' evaluation has no noisy rows for {', '.join(missing)}", hint)
+    noisy = measured.get("noisy_psnr_db", {})
+    differ = [f"{noise} ({noisy.get(noise)} against {other_noisy[noise]} dB)"
+              for noise in levels if noisy.get(noise) != other_noisy[noise]]
+    if differ:
+        raise ConfigError(f"the baselines were measured on other noisy images: noisy PSNR at {', '.join(differ)}",
+                          hint)
+    baselines = {method: {noise: figures[noise] for noise in levels if noise in figures}
+                 for method, figures in other_baselines.items()}
+    baselines = {method: figures for method, figures in baselines.items() if figures}
+    if not baselines:
+        raise ConfigError("the baselines' evaluation has no baseline rows at these noise levels",
+                          "pass one made with --baselines bm3d (or others)")
+    return {**measured, "baselines_psnr_db": {**measured.get("baselines_psnr_db", {}), **baselines}}
