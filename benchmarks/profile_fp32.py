@@ -352,11 +352,14 @@ def print_profile(before: dict, after: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=30,
+                        help="interleaved rounds, each running every contender once (default 30)")
     parser.add_argument("--steps", type=int, default=12, help="steps of batch 256 per measurement")
-    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                        help=f"the Fashion-MNIST IDX files (default {DEFAULT_DATA_DIR})")
     parser.add_argument("--no-avx2-child", action="store_true", help="skip the DAELAB_ISA=avx2 subprocess")
-    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the torch.profiler breakdown of one fp32 step (before and after fusing)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--isa-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
