@@ -27,8 +27,8 @@ EXAMPLES = """examples:
       --measured-from-evaluation runs/natural-gray/set12/evaluation.json --psnr-on "Set12" --cpu "2-core Xeon"
   scripts/ship_model.py runs/study --name fashion-mlp --description "..." --training-command "make reproduce" \\
       --data-json data.json --measured-json measured.json --commit fd5d0c8 --directory /tmp/addons
-  scripts/ship_model.py runs/retrained --name natural-gray --description "..." --training-command "..." \
-      --data-json data.json --measured-from-evaluation runs/retrained/set12/evaluation.json \
+  scripts/ship_model.py runs/retrained --name natural-gray --description "..." --training-command "..." \\
+      --data-json data.json --measured-from-evaluation runs/retrained/set12/evaluation.json \\
       --baselines-evaluation runs/natural-gray/set12-bm3d/evaluation.json
 """
 

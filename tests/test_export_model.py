@@ -218,6 +218,9 @@ def test_the_script_answers_errors_in_one_line_and_has_help(ffdnet_run, shipped,
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "--measured-from-evaluation" in help_text and "RUN_DIR" in help_text and "examples:" in help_text
+    examples = help_text.split("examples:")[1].splitlines()
+    starts = [line for line in examples if line.startswith("  scripts/ship_model.py")]
+    assert len(starts) >= 3 and all(line.endswith(" \\") for line in starts)  # each example continues
     run = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and "--measured-from-evaluation" in run.stdout and not run.stderr
 
