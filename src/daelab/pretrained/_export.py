@@ -185,19 +185,21 @@ def _number(value, where: str) -> float:
     return round(float(value), 4)
 
 
+_EVALUATION_HINT = "pass the evaluation.json written by 'daelab evaluate MODEL --images DIR'"
+
+
 def _image_figures(evaluation: dict) -> tuple[dict, dict, dict, dict, set]:
     """The rows of an image-folder evaluation, checked: the model's PSNR and SSIM {noise: mean}, the
     noisy input's PSNR {noise: mean}, the baselines' {method: {noise: psnr}}, and the model rows'
     image counts."""
     from daelab.evaluate._images import MODEL, NOISY
     rows = evaluation.get("image_results") if isinstance(evaluation, dict) else None
-    hint = "pass the evaluation.json written by 'daelab evaluate MODEL --images DIR'"
     if not isinstance(rows, list) or not rows:
-        raise ConfigError("the evaluation has no 'image_results' rows", hint)
+        raise ConfigError("the evaluation has no 'image_results' rows", _EVALUATION_HINT)
     psnr, ssim, noisy, baselines, counts = {}, {}, {}, {}, set()
     for index, row in enumerate(rows):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("noise", "method")):
-            raise ConfigError(f"image_results[{index}] has no 'noise' and 'method' texts", hint)
+            raise ConfigError(f"image_results[{index}] has no 'noise' and 'method' texts", _EVALUATION_HINT)
         noise, method = row["noise"], row["method"]
         where = f"image_results[{index}] ({noise}, {method})"
         value = _number(row.get("psnr"), f"{where} psnr")
@@ -241,7 +243,7 @@ def measured_from_evaluation(evaluation: dict, *, psnr_on: str | None = None, cp
     psnr, ssim, noisy, baselines, counts = _image_figures(evaluation)
     if not psnr:
         raise ConfigError("the evaluation has no rows of method 'model' (it was run without a model)",
-                          "pass the evaluation.json written by 'daelab evaluate MODEL --images DIR'")
+                          _EVALUATION_HINT)
     if psnr_on is None:
         images = f"{counts.pop():,} images" if len(counts) == 1 else "the images"
         seed = evaluation.get("seed")
@@ -315,8 +317,7 @@ def baselines_from_evaluation(measured: dict, evaluation: dict) -> dict:
         raise ConfigError(f"the baselines were measured on other noisy images: noisy PSNR at {', '.join(differ)}",
                           hint)
     baselines = {method: {noise: figures[noise] for noise in levels if noise in figures}
-                 for method, figures in other_baselines.items()}
-    baselines = {method: figures for method, figures in baselines.items() if figures}
+                 for method, figures in other_baselines.items() if any(noise in figures for noise in levels)}
     if not baselines:
         raise ConfigError("the baselines' evaluation has no baseline rows at these noise levels",
                           "pass one made with --baselines bm3d (or others)")
