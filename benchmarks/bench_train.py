@@ -10,9 +10,17 @@ Prints, from one run on one machine state:
   products alone reach), fp32 and, with native bf16, bf16;
 - per contender: samples/s, the ratio to the in-repo plain loop (``benchmarks/plain_loop.py``,
   taken within each round, then the median), the fraction of the model-GEMM ceiling of its dtype
-  (fp32 for fp32 contenders, bf16 for bf16 ones), inference images/s and the validation loss
-  (noisy test set, Gaussian 0.1) after ``--loss-epochs`` epochs;
+  (fp32 for fp32 contenders, bf16 for bf16 ones), the fraction of what its dtype's products alone
+  sustain in the same rounds (within each round, then the median), inference images/s and the
+  validation loss (noisy test set, Gaussian 0.1) after ``--loss-epochs`` epochs;
 - the whole run's wall time.
+
+The ceiling is the fastest single step of those products, an optimistic bound: on a shared machine a
+few milliseconds often run undisturbed where a whole epoch does not. So the products also run as a
+contender of their own (``products-fp32``, and ``products-bf16`` with native bf16: an epoch's worth
+of steps of just the products, timed as a whole like every other epoch), and each contender's rate
+is also given as a fraction of theirs in the same round: the share of the step's time its products
+take when the machine is in the same state.
 
 Contenders: ``plain`` (the in-repo plain loop, fp32; ratio 1.0 by definition), ``fp32`` (daelab,
 PyTorch ops, fp32), ``fp32-fused`` (daelab's fused C kernels in fp32: the default where bf16 is
@@ -94,30 +102,43 @@ def train_flops_per_sample(model: torch.nn.Module) -> float:
     return sum(2.0 * i * o * (2 if k == 0 else 3) for k, (i, o) in enumerate(linear_shapes(model)))
 
 
+class ModelProducts:
+    """Exactly the matrix products of one training step of ``model`` in ``dtype`` at ``batch`` (no other work):
+    per Linear the forward, the weight gradient and (except the first layer's) the input gradient, on random
+    operands into preallocated outputs, as the fused step writes them."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, batch: int = 256):
+        shapes = linear_shapes(model)
+        self.batch, self.flops = batch, train_flops_per_sample(model) * batch
+        self.weights = [torch.randn(o, i).to(dtype) for i, o in shapes]
+        self.inputs = [torch.randn(batch, i).to(dtype) for i, _ in shapes]
+        self.grads = [torch.randn(batch, o).to(dtype) for _, o in shapes]
+        self.outputs = [torch.empty(batch, o, dtype=dtype) for _, o in shapes]
+        self.weight_grads = [torch.empty(o, i, dtype=dtype) for i, o in shapes]
+        self.input_grads = [torch.empty(batch, i, dtype=dtype) for i, _ in shapes]
+
+    def step(self) -> None:
+        for k, (w, x, g) in enumerate(zip(self.weights, self.inputs, self.grads)):
+            torch.mm(x, w.t(), out=self.outputs[k])            # forward
+            torch.mm(g.t(), x, out=self.weight_grads[k])       # weight gradient
+            if k:
+                torch.mm(g, w, out=self.input_grads[k])        # input gradient (not of the first layer)
+
+
 def model_gemm_rate(model: torch.nn.Module, dtype: torch.dtype, batch: int = 256, seconds: float = 0.5,
                     min_steps: int = 20) -> float:
-    """GFLOP/s of exactly the matrix products of one training step of ``model`` in ``dtype`` (no
-    other work): the ceiling a training step's products allow. The fastest of the steps timed within
+    """GFLOP/s of exactly the matrix products of one training step of ``model`` in ``dtype``
+    (:class:`ModelProducts`): the ceiling a training step's products allow. The fastest of the steps timed within
     ``seconds``, at least ``min_steps`` of them: a step takes milliseconds, so on a busy machine many
-    are cut by the scheduler, and the fastest is the one that was not."""
-    shapes = linear_shapes(model)
-    weights = [torch.randn(o, i).to(dtype) for i, o in shapes]
-    inputs = [torch.randn(batch, i).to(dtype) for i, _ in shapes]
-    grads = [torch.randn(batch, o).to(dtype) for _, o in shapes]
-
-    def step():
-        for k, (w, x, g) in enumerate(zip(weights, inputs, grads)):
-            x @ w.t()       # forward
-            g.t() @ x       # weight gradient
-            if k:
-                g @ w       # input gradient (not of the first layer)
-    flops = train_flops_per_sample(model) * batch
-    step()
+    are cut by the scheduler, and the fastest is the one that was not. (The same products run back
+    to back for an epoch, :class:`ProductsContender`, give what they sustain.)"""
+    products = ModelProducts(model, dtype, batch)
+    products.step()
     best, began, count = 0.0, time.perf_counter(), 0
     while count < min_steps or time.perf_counter() - began < seconds:
         start = time.perf_counter()
-        step()
-        best = max(best, flops / (time.perf_counter() - start) / 1e9)
+        products.step()
+        best = max(best, products.flops / (time.perf_counter() - start) / 1e9)
         count += 1
     return best
 
@@ -178,6 +199,29 @@ class DaelabContender:
 
     def val_loss(self, noisy: torch.Tensor, clean: torch.Tensor) -> float:
         return evaluate_loss(self.model, noisy, clean)
+
+
+class ProductsContender:
+    """The study model's matrix products alone (:class:`ModelProducts`), as many steps as an epoch has, timed
+    as a whole like the contenders' epochs (not the fastest single step, as the ceiling is): what those
+    products sustain in this round, the like-for-like denominator of a contender of its dtype. It trains
+    nothing (no validation loss, no inference)."""
+
+    model = None
+
+    def __init__(self, dtype: str, samples: int, batch: int = 256):
+        self.key, self.label, self.dtype = f"products-{dtype}", f"the model's matrix products alone ({dtype})", dtype
+        self.products = ModelProducts(build_model(ModelConfig()), DTYPES[dtype], batch)
+        self.steps = -(-samples // batch)
+
+    def epoch(self) -> float:
+        began = time.perf_counter()
+        for _ in range(self.steps):
+            self.products.step()
+        return self.steps * self.products.batch / (time.perf_counter() - began)
+
+    def val_loss(self, noisy: torch.Tensor, clean: torch.Tensor) -> None:
+        return None
 
 
 @torch.inference_mode()
@@ -281,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     val = (parse_noise(VAL_NOISE)(test, torch.Generator().manual_seed(0)), test) if args.loss_epochs else None
     flops = train_flops_per_sample(build_model(ModelConfig()))
     result.update(train_samples=len(clean), train_flops_per_sample=flops)
-    contenders = [PlainContender(clean)] + [DaelabContender(mode, clean) for mode in modes]
+    contenders = ([PlainContender(clean)] + [ProductsContender(d, len(clean)) for d in dtypes]
+                  + [DaelabContender(mode, clean) for mode in modes])
     for c in contenders:
         if c.key in ("bf16", "fp32-fused") and not c.fused:
             print(f"note: the fused kernels are unavailable here; '{c.key}' runs PyTorch ops", file=sys.stderr)
@@ -347,11 +392,15 @@ def main(argv: list[str] | None = None) -> None:
         ratios = [rates[c.key] / rates["plain"] for rates in per_round if c.key in rates and "plain" in rates]
         achieved = rate * flops / 1e9
         ceiling = ceilings[f"model_{c.dtype}"]
+        products = f"products-{c.dtype}"  # its products alone, in the same rounds
+        of_products = [rates[c.key] / rates[products] for rates in per_round if c.key in rates and products in rates]
         entry = {"label": c.label, "dtype": c.dtype, "samples_per_s": rate, "ratio_vs_plain": median(ratios),
                  "ratio_range": [min(ratios), max(ratios)], "gflops": achieved,
                  "fraction_of_model_gemm_ceiling": achieved / ceiling,
+                 "fraction_of_products_rate": median(of_products) if of_products else None,
                  "fraction_of_square_peak": achieved / ceilings[f"square_{c.dtype}"],
-                 "inference_images_per_s": inference_rate(c.model, test, c.dtype == "bf16"),
+                 "inference_images_per_s": (None if c.model is None
+                                            else inference_rate(c.model, test, c.dtype == "bf16")),
                  "val_loss": states[c.key]["val_loss"], "epochs_run": states[c.key]["epochs"],
                  "fused": bool(getattr(c, "fused", False))}
         result["contenders"][c.key] = entry
@@ -362,16 +411,21 @@ def main(argv: list[str] | None = None) -> None:
                                     "ratio_vs_plain": median(ratios) if ratios else None}
 
     loss_head = f"val loss @{args.loss_epochs} ep" if args.loss_epochs else "val loss"
-    print(f"\n| contender | samples/s | x plain (rounds) | GFLOP/s | of model-GEMM ceiling | of square peak "
-          f"| inference img/s | {loss_head} |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for e in result["contenders"].values():
+    print(f"\n| contender | samples/s | x plain (rounds) | GFLOP/s | of model-GEMM ceiling | of its products, "
+          f"same rounds | of square peak | inference img/s | {loss_head} |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for key, e in result["contenders"].items():
         low, high = e["ratio_range"]
-        loss = "skipped" if not args.loss_epochs else (
-            f"{e['val_loss']:.5f}" if e["val_loss"] is not None else f"n/a ({e['epochs_run']} epochs run)")
+        if key.startswith("products-"):
+            loss = "-"
+        else:
+            loss = "skipped" if not args.loss_epochs else (
+                f"{e['val_loss']:.5f}" if e["val_loss"] is not None else f"n/a ({e['epochs_run']} epochs run)")
+        of_products = f"{e['fraction_of_products_rate']:.0%}" if e["fraction_of_products_rate"] is not None else "-"
+        inference = f"{e['inference_images_per_s']:,.0f}" if e["inference_images_per_s"] is not None else "-"
         print(f"| {e['label']} | {e['samples_per_s']:,.0f} | {e['ratio_vs_plain']:.2f} ({low:.2f}-{high:.2f}) | "
-              f"{e['gflops']:.0f} | {e['fraction_of_model_gemm_ceiling']:.0%} of {e['dtype']} | "
-              f"{e['fraction_of_square_peak']:.0%} | {e['inference_images_per_s']:,.0f} | {loss} |")
+              f"{e['gflops']:.0f} | {e['fraction_of_model_gemm_ceiling']:.0%} of {e['dtype']} | {of_products} | "
+              f"{e['fraction_of_square_peak']:.0%} | {inference} | {loss} |")
     over = [e["label"] for e in result["contenders"].values() if e["fraction_of_model_gemm_ceiling"] > 1]
     if over:
         print(f"note: {', '.join(over)} ran faster than the model-GEMM ceiling: its measurement was disturbed (a busy "
@@ -380,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
         ref = result["reference_loop"]
         ratio = f"{ref['ratio_vs_plain']:.2f}" if ref["ratio_vs_plain"] is not None else "n/a"
         print(f"| reference loop ({ref['path']}, subprocess, full data) | {ref['samples_per_s']:,.0f} | {ratio} "
-              "| | | | | |")
+              "| | | | | | |")
     for mode in ("bf16-torch", "bf16"):
         entries = result["contenders"]
         if mode in entries and "fp32" in entries and entries[mode]["val_loss"] and entries["fp32"]["val_loss"]:

@@ -64,14 +64,23 @@ def test_bench_train_runs_end_to_end_on_the_avx2_path(idx_dir, tmp_path):
         assert result["machine"]["torch_capability"] == "AVX2"
         assert result["machine"]["library_caps"]["ATEN_CPU_CAPABILITY"] == "avx2"
     contenders = result["contenders"]
-    assert set(contenders) == {"plain", "fp32", "fp32-fused"}
+    assert set(contenders) == {"plain", "products-fp32", "fp32", "fp32-fused"}
     assert contenders["plain"]["ratio_vs_plain"] == 1.0
+    products = contenders.pop("products-fp32")  # the products alone: timed like an epoch, training nothing
+    assert products["fraction_of_products_rate"] == 1.0 and products["samples_per_s"] > 0
+    assert products["val_loss"] is None and products["inference_images_per_s"] is None
+    assert products["ratio_vs_plain"] == products["samples_per_s"] / contenders["plain"]["samples_per_s"]
     for entry in contenders.values():
         assert entry["samples_per_s"] > 0 and 0 < entry["fraction_of_model_gemm_ceiling"]
         assert entry["dtype"] == "fp32" and math.isfinite(entry["val_loss"]) and entry["epochs_run"] == 2
+        # one round: the fraction of the products is the two rates' ratio in it
+        assert entry["fraction_of_products_rate"] == pytest.approx(entry["samples_per_s"] / products["samples_per_s"])
     assert result["reference_loop"]["samples_per_s"] > 0
     table = [line for line in lines if line.startswith("| plain loop (fp32) |")]
     assert len(table) == 1 and "| 1.00 (1.00-1.00) |" in table[0] and "of fp32" in table[0]
+    row = [line for line in lines if line.startswith("| the model's matrix products alone (fp32) |")]
+    cells = [cell.strip() for cell in row[0].strip("|").split("|")] if len(row) == 1 else []
+    assert cells[5] == "100%" and cells[-2:] == ["-", "-"]  # of its own rate; no inference, no loss
     assert any(line.startswith("| daelab fp32 |") for line in lines)
     assert any(line.startswith("| daelab fp32-fused |") for line in lines)
     from daelab.kernels.fused import load_kernels
