@@ -201,6 +201,11 @@ class DaelabContender:
         return evaluate_loss(self.model, noisy, clean)
 
 
+def products_key(dtype: str) -> str:
+    """The key of :class:`ProductsContender` in ``dtype``: its rounds' rates and its entry."""
+    return f"products-{dtype}"
+
+
 class ProductsContender:
     """The study model's matrix products alone (:class:`ModelProducts`), as many steps as an epoch has, timed
     as a whole like the contenders' epochs (not the fastest single step, as the ceiling is): what those
@@ -210,7 +215,7 @@ class ProductsContender:
     model = None
 
     def __init__(self, dtype: str, samples: int, batch: int = 256):
-        self.key, self.label, self.dtype = f"products-{dtype}", f"the model's matrix products alone ({dtype})", dtype
+        self.key, self.label, self.dtype = products_key(dtype), f"the model's matrix products alone ({dtype})", dtype
         self.products = ModelProducts(build_model(ModelConfig()), DTYPES[dtype], batch)
         self.steps = -(-samples // batch)
 
@@ -392,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
         ratios = [rates[c.key] / rates["plain"] for rates in per_round if c.key in rates and "plain" in rates]
         achieved = rate * flops / 1e9
         ceiling = ceilings[f"model_{c.dtype}"]
-        products = f"products-{c.dtype}"  # its products alone, in the same rounds
+        products = products_key(c.dtype)  # its products alone, in the same rounds
         of_products = [rates[c.key] / rates[products] for rates in per_round if c.key in rates and products in rates]
         entry = {"label": c.label, "dtype": c.dtype, "samples_per_s": rate, "ratio_vs_plain": median(ratios),
                  "ratio_range": [min(ratios), max(ratios)], "gflops": achieved,
@@ -416,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for key, e in result["contenders"].items():
         low, high = e["ratio_range"]
-        if key.startswith("products-"):
+        if key == products_key(e["dtype"]):
             loss = "-"
         else:
             loss = "skipped" if not args.loss_epochs else (
