@@ -68,6 +68,11 @@ def test_summary_and_help(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--epochs" in out and "(default: 100)" in out and "--noise" in out
+    # a setting with fixed choices shows them in the usage line, and --model names the registered models
+    assert "[--precision {auto,fp32,bf16}]" in out and "[--kernels {auto,torch}]" in out
+    from daelab.models import MODELS
+    model_help = " ".join(out.split("\n  --model STR", 1)[1].split("(default: mlp)", 1)[0].split())
+    assert model_help.startswith("registered model name:") and all(name in model_help for name in MODELS)
 
 
 def test_python_dash_m_entry_point():

@@ -49,6 +49,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         tp = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f.metadata.get("help", "")
+        if "known" in f.metadata:  # an open registry (models): its names when the parser is built, not enforced here
+            help_text = f"{help_text}: {', '.join(f.metadata['known']())}"
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = f"{help_text} (default: {shown})"
         kwargs: dict = {"default": None, "help": help_text, "dest": f.name}
@@ -61,7 +63,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup
             parser.add_argument(_flag(f), type=lambda s, elem=elem: tuple(elem(v) for v in s.split(",") if v),
                                 metavar="A,B,...", **kwargs)
         else:
-            parser.add_argument(_flag(f), type=tp, metavar=f.metadata.get("metavar", tp.__name__.upper()), **kwargs)
+            # a field with choices shows them in the usage line, as argparse does ({auto,fp32,bf16})
+            shown_as = "{" + ",".join(map(str, kwargs["choices"])) + "}" if "choices" in kwargs else tp.__name__.upper()
+            parser.add_argument(_flag(f), type=tp, metavar=f.metadata.get("metavar", shown_as), **kwargs)
 
 
 def read_config_file(path: str | os.PathLike) -> dict:

@@ -19,7 +19,8 @@ from daelab.errors import ConfigError
 class ModelConfig:
     """Architecture hyperparameters. The defaults are the study's DAE (1,438,676 parameters)."""
 
-    name: str = field(default="mlp", metadata={"help": "registered model name", "flag": "model"})
+    name: str = field(default="mlp", metadata={"help": "registered model name", "flag": "model",
+                                               "known": lambda: sorted(MODELS)})
     image_size: int = field(default=28, metadata={"help": "side of the square input images"})
     input_dim: int | None = field(default=None, metadata={
         "help": "input width of the MLP when the inputs are not image_size**2 pixels (e.g. any tabular "
