@@ -60,13 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     measured.add_argument("--measured-from-evaluation", metavar="EVALUATION_JSON",
                           help="build them from OUT/evaluation.json of 'daelab evaluate MODEL --images DIR': "
                                "psnr_db, ssim, noisy_psnr_db and baselines_psnr_db per noise level, with the "
-                               "commit from 'git rev-parse --short HEAD'")
+                               "commit they were measured at (--measured-commit)")
     figures = parser.add_argument_group("with --measured-from-evaluation")
     figures.add_argument("--psnr-on", default=None, metavar="TEXT",
                          help="what the figures were measured on (default: the evaluation's folder, image count, "
                               "noise levels and seed)")
     figures.add_argument("--cpu", default=None, metavar="TEXT",
                          help="the CPU they were measured on (default: not recorded)")
+    figures.add_argument("--measured-commit", default=None, metavar="REV",
+                         help="the commit the evaluations ran at (default: this checkout's, 'git rev-parse --short "
+                              "HEAD', which is right only where they ran in it)")
     figures.add_argument("--evaluation-command", default=None, metavar="TEXT",
                          help="the 'daelab evaluate' command that measured them (default: not recorded)")
     figures.add_argument("--ensemble-evaluation", action="append", default=[], metavar="EVALUATION_JSON",
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             measured = json_object(args.measured_json, "--measured-json")
         else:
             measured = measured_from_evaluation(read_json(args.measured_from_evaluation), psnr_on=args.psnr_on,
-                                                cpu=args.cpu, commit=git_commit(), command=args.evaluation_command)
+                                                cpu=args.cpu, commit=args.measured_commit or git_commit(),
+                                                command=args.evaluation_command)
             if args.baselines_evaluation:
                 measured = baselines_from_evaluation(measured, read_json(args.baselines_evaluation))
             if args.ensemble_evaluation:

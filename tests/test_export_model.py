@@ -190,13 +190,15 @@ def test_the_script_ships_a_run_from_an_evaluation_json(ffdnet_run, shipped, tmp
     code = _script().main([str(ffdnet_run), "--name", "natural-gray", "--description", "tiny ffdnet",
                            "--training-command", "pytest", "--data-json", str(data), "--measured-from-evaluation",
                            str(evaluation), "--psnr-on", "two test images", "--cpu", "test CPU",
-                           "--ensemble-evaluation", str(ensembled), "--directory", str(shipped)])
+                           "--measured-commit", "0ther00", "--ensemble-evaluation", str(ensembled),
+                           "--directory", str(shipped)])
     out = capsys.readouterr().out
     entry = list_models(shipped)[1]
     assert code == 0 and entry["name"] == "natural-gray"
     assert f"natural-gray: sha256 {entry['sha256'][:12]}, {entry['bytes']:,} bytes" in out
     assert entry["measured"]["psnr_db"] == {"awgn:15": 31.2346, "awgn:25": 28.5}
     assert entry["measured"]["psnr_on"] == "two test images" and entry["measured"]["cpu"] == "test CPU"
+    assert entry["measured"]["commit"] == "0ther00"  # where the evaluations ran, not this checkout's HEAD
     assert entry["licence"] == "MIT (the weights, as daelab); trained on tiny PNGs (CC0)"
     assert entry["data"] == {"name": "tiny PNGs", "licence": "CC0"} and entry["commit"] is None
     assert entry["measured"]["ensemble_psnr_db"] == {"2": {"awgn:15": 31.2846, "awgn:25": 28.55}}
