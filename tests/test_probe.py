@@ -14,6 +14,7 @@ from daelab.probe import ProbeConfig, probe_run
 from daelab.probe._classifier import ClassifierSettings, keras_validation_split, seed_generator, train_classifiers
 from daelab.probe._shallow import run_knn, run_linear
 from daelab.probe._stacked import StackedClassifier, parameter_counts
+from daelab.stats import size_verdict
 
 
 @pytest.fixture(autouse=True)
@@ -183,6 +184,9 @@ def test_probe_config_rejects_unknown_names():
         ProbeConfig(probes=("mlp", "svm"))
     with pytest.raises(ConfigError, match="valid: codes, codes_noisy, raw, pca"):
         ProbeConfig(features=("pixels",))
+    for margin in (0.0, -0.01, 1.0):
+        with pytest.raises(ConfigError, match=r"margin must be in \(0, 1\)"):
+            ProbeConfig(margin=margin)
 
 
 def test_probe_run_end_to_end(tiny_run, tiny_dataset):
@@ -244,6 +248,13 @@ def test_one_run_states_its_scope_and_keeps_per_image_correctness(tiny_run, tiny
     assert headline["interval_over"]["test_images"] == 200 and headline["over"] == "seeds"
     assert headline["verdict_scoped"] == f"{headline['verdict']} for this one trained DAE"
     assert headline["interval"]["lo"] <= headline["interval"]["mean"] <= headline["interval"]["hi"]
+    # each comparison also places its design interval against the margin, with the same interval as the verdict
+    for comparison in saved["comparisons"]:
+        assert comparison["margin"] == 0.01
+        assert comparison["size_verdict"] == size_verdict(comparison["interval"], 0.01, comparison["a"],
+                                                          comparison["b"])
+    markdown = (tmp_path / "probe.md").read_text()
+    assert f"**Its size, against a margin of ±0.01: {headline['size_verdict']}.**" in markdown
     correct = load_correct(tmp_path)
     assert set(correct) == {(f, p) for f in DESIGN["features"] for p in DESIGN["probes"]}
     for row in saved["results"]:

@@ -177,5 +177,10 @@ def test_report_states_the_interval_its_verdict_rests_on(full_run):
     verdict_line = next(line for line in markdown.splitlines() if line.startswith("**Verdict ("))
     assert shown in verdict_line and headline["verdict_scoped"] in verdict_line
     assert f"{headline['interval_over']['test_images']:,} test images" in verdict_line
+    # and beside it what the same interval says of the size: against the margin, and of the study's claim (+0.02)
+    assert f"Against a margin of ±{headline['margin']:g} (`--margin`): **{headline['size_verdict']}**." in verdict_line
+    if (headline["a"], headline["b"]) == ("codes", "raw"):
+        where = ("above" if 0.02 > design["hi"] else "below" if 0.02 < design["lo"] else "inside")
+        assert f"The study's claimed difference, +0.02, lies {where} that interval." in verdict_line
     if headline.get("lo") is not None and (headline["lo"], headline["hi"]) != (design["lo"], design["hi"]):
         assert f"[{headline['lo']:+.4f}, {headline['hi']:+.4f}]" not in verdict_line

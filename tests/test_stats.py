@@ -13,6 +13,7 @@ from daelab.stats import (
     mean_ci,
     paired_difference,
     scope,
+    size_verdict,
     verdict,
 )
 
@@ -217,3 +218,26 @@ def test_bootstrap_verdict_wording_follows_the_scope(lo, hi, expected):
                              scoped=False).startswith("undetermined")
     assert scope({"dae_seeds": 1}) == "for this one trained DAE"
     assert scope({"dae_seeds": 1, "depends_on_dae": False}) == "(neither side depends on the DAE)"
+
+
+@pytest.mark.parametrize("lo, hi, expected", [
+    (-0.0003, 0.0065, "codes and raw within ±0.01"), (0.0006, 0.0071, "codes and raw within ±0.01"),
+    (-0.01, 0.01, "codes and raw within ±0.01"), (0.012, 0.03, "codes better by more than 0.01"),
+    (-0.03, -0.0101, "raw better by more than 0.01"), (0.004, 0.016, "a difference beyond ±0.01 not ruled out"),
+    (-0.02, 0.02, "a difference beyond ±0.01 not ruled out")])
+def test_size_verdict_places_the_interval_against_the_margin(lo, hi, expected):
+    over = {"dae_seeds": 3, "resampled": ["dae_seeds", "classifier_seeds", "test_images"]}
+    assert size_verdict({"lo": lo, "hi": hi, "interval_over": over}, 0.01) == expected
+    assert size_verdict({"lo": lo, "hi": hi}, 0.01, "a", "b") == expected.replace("codes", "a").replace("raw", "b")
+
+
+def test_size_verdict_is_stable_where_the_significance_verdict_flips():
+    # the 3-DAE intervals of the study on four CPUs (README): two exclude 0 and two do not, all lie within +-0.01
+    intervals = [(-0.0003, 0.0065), (-0.0013, 0.0055), (0.00005, 0.0059), (0.0006, 0.0071)]
+    over = {"dae_seeds": 3, "resampled": ["dae_seeds", "classifier_seeds", "test_images"]}
+    verdicts = {bootstrap_verdict({"lo": lo, "hi": hi, "interval_over": over}, scoped=False) for lo, hi in intervals}
+    sizes = {size_verdict({"lo": lo, "hi": hi, "interval_over": over}, 0.01) for lo, hi in intervals}
+    assert verdicts == {"codes better", NO_DIFFERENCE} and sizes == {"codes and raw within ±0.01"}
+    assert size_verdict({"lo": 0.1, "hi": 0.1, "interval_over": {"resampled": []}}, 0.01).startswith("undetermined")
+    with pytest.raises(ValueError, match="margin"):
+        size_verdict({"lo": 0.0, "hi": 0.0}, 0.0)

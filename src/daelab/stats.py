@@ -4,7 +4,11 @@ daelab never reports one run of a random procedure as a result. A number comes w
 sample standard deviation and a Student-t confidence interval over ``n`` repetitions (seeds), and a
 comparison between two settings is made on the *paired* per-seed differences (same seed -> same
 initialisation and sample order where the two settings allow it), whose interval decides the
-verdict: a difference is only called when its interval excludes zero. A probe's comparison has
+verdict: a difference is only called when its interval excludes zero. Whether it does can turn on the
+last digit where the difference sits near the interval's width, so :func:`size_verdict` also says
+what the same interval claims of the difference's *size* against a practical margin (is it within
++-0.01 of zero, beyond it, or not known to be either), a claim that does not turn on a last digit
+when the interval lies well inside or outside the margin. A probe's comparison has
 more sources of chance than its classifier seeds -- the trained DAE (its seed, and the CPU's
 arithmetic, which changes the codes) and the test images -- so :func:`hierarchical_bootstrap`
 takes all three into the interval from per-image correctness (:func:`hierarchical_interval` from real
@@ -112,6 +116,40 @@ def verdict(difference: dict, a: str = "codes", b: str = "raw") -> str:
     if difference["hi"] < 0:
         return f"{b} better"
     return NO_DIFFERENCE
+
+
+def size_verdict(interval: dict, margin: float, a: str = "codes", b: str = "raw") -> str:
+    """What an interval says of the size of a difference ``a - b`` against a practical ``margin``.
+
+    ``"<a> and <b> within ±<margin>"`` when the interval lies inside [-margin, +margin] (the
+    difference, whatever its sign, is smaller than the margin: an equivalence claim at the
+    interval's level), ``"<a> better by more than <margin>"`` / ``"<b> better by more than
+    <margin>"`` when it lies beyond one end, ``"a difference beyond ±<margin> not ruled out"`` when
+    it crosses an end, and ``"undetermined (nothing resampled)"`` when the interval measured no
+    spread (``interval_over`` with no ``resampled`` level).
+
+    Parameters
+    ----------
+    interval : dict
+        ``lo``, ``hi`` and, where it comes from :func:`hierarchical_bootstrap`, ``interval_over``.
+    margin : float
+        The largest difference that counts as negligible, > 0 (in the units of the difference:
+        0.01 is one percentage point of accuracy).
+    a, b : str
+        Names of the two things compared.
+    """
+    if not margin > 0:
+        raise ValueError(f"the margin must be > 0, got {margin}")
+    if not interval.get("interval_over", {"resampled": True})["resampled"]:
+        return "undetermined (nothing resampled)"
+    shown = f"{margin:g}"
+    if -margin <= interval["lo"] and interval["hi"] <= margin:
+        return f"{a} and {b} within ±{shown}"
+    if interval["lo"] > margin:
+        return f"{a} better by more than {shown}"
+    if interval["hi"] < -margin:
+        return f"{b} better by more than {shown}"
+    return f"a difference beyond ±{shown} not ruled out"
 
 
 def hierarchical_bootstrap(correct_a, correct_b, level: float = 0.95, n_boot: int = 2000, seed: int = 0,

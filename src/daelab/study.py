@@ -48,3 +48,13 @@ def probe_summary() -> dict:
         "codes_val_accuracy": VAL_ACCURACY["codes"], "raw_val_accuracy": VAL_ACCURACY["raw"],
         "note": PROBE_NOTE,
     }
+
+
+def claimed_sentence(comparison: dict) -> str:
+    """Where the study's claimed codes - raw difference (+0.02) lies against a probe comparison's interval over the
+    design, in one sentence; empty for a comparison of other feature sets or one without that interval."""
+    if (comparison.get("a"), comparison.get("b")) != ("codes", "raw") or "interval" not in comparison:
+        return ""
+    claimed, interval = CLAIMED["codes"] - CLAIMED["raw"], comparison["interval"]
+    where = "above" if claimed > interval["hi"] else "below" if claimed < interval["lo"] else "inside"
+    return f"The study's claimed difference, {claimed:+.2f}, lies {where} that interval."

@@ -15,7 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from daelab.probe._config import DAE_FEATURES
-from daelab.stats import bootstrap_verdict, hierarchical_bootstrap, mean_ci, paired_difference, scope, verdict
+from daelab.stats import (
+    bootstrap_verdict,
+    hierarchical_bootstrap,
+    mean_ci,
+    paired_difference,
+    scope,
+    size_verdict,
+    verdict,
+)
 
 
 def compare(outcome_a: dict, outcome_b: dict, a: str, b: str, level: float) -> dict:
@@ -77,7 +85,7 @@ def design_row(row: dict, outcomes: list[dict], level: float, n_boot: int, seed:
 
 
 def design_comparison(outcomes: list[dict], probe: str, a: str, b: str, level: float, n_boot: int, seed: int,
-                      method: str = "t") -> dict:
+                      method: str = "t", margin: float = 0.01) -> dict:
     """One comparison ``a - b`` under ``probe``: today's fields from the first DAE, the design's interval and verdict.
 
     Returns
@@ -87,8 +95,9 @@ def design_comparison(outcomes: list[dict], probe: str, a: str, b: str, level: f
         ``"... of the first DAE"``), ``seeds_verdict`` (what that interval alone would say), and from
         the interval over DAE seeds x classifier seeds x test images: ``interval`` (``mean``, ``lo``,
         ``hi``, ``se``, ``df``, ``std``, ``percentile``), ``interval_over``, ``scope`` (``"for this one
-        trained DAE"``, ...), ``verdict`` (its bare phrase, as :func:`daelab.stats.verdict` words it) and
-        ``verdict_scoped`` (the phrase with its scope).
+        trained DAE"``, ...), ``verdict`` (its bare phrase, as :func:`daelab.stats.verdict` words it),
+        ``verdict_scoped`` (the phrase with its scope), ``margin`` and ``size_verdict`` (what the same
+        interval says of the difference's size against +-``margin``, :func:`daelab.stats.size_verdict`).
     """
     first = outcomes[0]
     row = {"probe": probe, **compare(first[a, probe], first[b, probe], a, b, level)}
@@ -101,7 +110,8 @@ def design_comparison(outcomes: list[dict], probe: str, a: str, b: str, level: f
         over["depends_on_dae"] = False
     return {**row, "seeds_verdict": row["verdict"], "interval": _summary(interval),
             "interval_over": over, "scope": scope(over), "verdict": bootstrap_verdict(interval, a, b, scoped=False),
-            "verdict_scoped": bootstrap_verdict(interval, a, b)}
+            "verdict_scoped": bootstrap_verdict(interval, a, b), "margin": margin,
+            "size_verdict": size_verdict(interval, margin, a, b)}
 
 
 def _summary(interval: dict) -> dict:

@@ -71,6 +71,10 @@ class ProbeConfig:
         "help": "the verdicts' interval over DAE seeds x classifier seeds x test images: t (Student-t on the "
                 "variance components, Satterthwaite) or percentile (of the crossed bootstrap)",
         "choices": ("t", "percentile")})
+    margin: float = field(default=0.01, metadata={
+        "help": "the largest accuracy difference that counts as negligible: each comparison also says whether its "
+                "interval lies within +-margin, beyond it, or crosses it (0.01: one percentage point; the study "
+                "claimed a difference of 0.02)"})
     # Default 0. With worker processes (see workers) every probe job runs on one thread in its own
     # process. Without them the classifier (fused kernels) and kNN run on every core, and the linear
     # probe on one, which measured fastest on a quiet 2-core machine (5-epoch probe: MLPs 12.0 s ->
@@ -96,6 +100,7 @@ class ProbeConfig:
                   (self.test_subset is None or self.test_subset >= 1, "test-subset must be >= 1"),
                   (0 < self.level < 1, "level must be in (0, 1)"), (self.n_boot >= 2, "n-boot must be >= 2"),
                   (self.interval in ("t", "percentile"), "interval must be t or percentile"),
+                  (0 < self.margin < 1, "margin must be in (0, 1)"),
                   (self.threads >= 0, "threads must be >= 0"),
                   (self.workers >= 0, "workers must be >= 0")]
         for ok, message in checks:

@@ -7,6 +7,7 @@ and the interval over DAE seeds x classifier seeds x test images that the verdic
 from __future__ import annotations
 
 from daelab.report._dae_seeds import _per_dae  # one wording of the per-DAE accuracies, probe.md and the report
+from daelab.study import claimed_sentence
 
 
 def format_markdown(report: dict) -> str:
@@ -48,8 +49,9 @@ def format_markdown(report: dict) -> str:
                                          f"[{r['lo']:.4f}, {r['hi']:.4f}]", str(r["n"]), design_interval, *by_dae,
                                          str(r["varied"])]) + " |")
     lines += ["", f"| probe | comparison | mean difference | {pct}% t-interval | paired over | "
-                  f"{pct}% interval over the design | over (DAE seeds × classifier seeds × images) | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
+                  f"{pct}% interval over the design | over (DAE seeds × classifier seeds × images) | verdict | "
+                  "its size against the margin |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in report["comparisons"]:
         if "interval" in c:
             o = c["interval_over"]
@@ -59,7 +61,7 @@ def format_markdown(report: dict) -> str:
             design_interval = sizes = "–"
         lines.append(f"| {c['probe']} | {c['a']} − {c['b']} | {c['mean']:+.4f} | [{c['lo']:+.4f}, {c['hi']:+.4f}] | "
                      f"{c['n']} {c['over']} | {design_interval} | {sizes} | "
-                     f"**{c.get('verdict_scoped', c['verdict'])}** |")
+                     f"**{c.get('verdict_scoped', c['verdict'])}** | {c.get('size_verdict', '–')} |")
     study = report["study"]
     lines += ["", f"The study (one run each): codes {study['codes_accuracy']}, raw {study['raw_accuracy']} "
                   f"(claimed {study['codes_claimed']} vs {study['raw_claimed']}).", ""]
@@ -70,6 +72,10 @@ def format_markdown(report: dict) -> str:
                          f"{h['interval']['mean']:+.4f}, {pct}% interval [{h['interval']['lo']:+.4f}, "
                          f"{h['interval']['hi']:+.4f}] over {design}; the t-interval over {h['n']} {h['over']} "
                          f"alone: [{h['lo']:+.4f}, {h['hi']:+.4f}], {h['seeds_verdict']}).")
+            if "size_verdict" in h:  # probe.json of daelab before the margin has none
+                lines.append("")
+                lines.append(f"**Its size, against a margin of ±{h['margin']:g}: {h['size_verdict']}.** "
+                             f"{claimed_sentence(h)}")
         else:
             lines.append(f"**Headline ({h['probe']}, {h['a']} vs {h['b']}): {h['verdict']}** "
                          f"(difference {h['mean']:+.4f}, {pct}% interval [{h['lo']:+.4f}, {h['hi']:+.4f}]).")

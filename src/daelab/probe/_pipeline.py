@@ -168,7 +168,7 @@ def _probe_runs(runs: list[Path], out: Path, config: ProbeConfig, dataset: Datas
     design = (config.level, config.n_boot, config.seed, config.interval)
     results = [design_row(_result_row(fname, pname, outcomes[0][fname, pname], config.level), outcomes, *design)
                for fname in config.features for pname in config.probes]
-    comparisons = [design_comparison(outcomes, pname, a, b, *design)
+    comparisons = [design_comparison(outcomes, pname, a, b, *design, margin=config.margin)
                    for pname in config.probes for a, b in COMPARISONS
                    if a in config.features and b in config.features]
     best = max(results, key=lambda row: row["mean"])

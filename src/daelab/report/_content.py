@@ -186,14 +186,16 @@ def _probe_section(probe: dict | None) -> list[Block]:
     if comparisons:
         blocks.append(Block("table", "Paired differences (same classifier seeds, same split, same test images); a "
                                      "difference is called only when its interval excludes zero.",
-                            header=["probe", "comparison", "difference", f"{pct}% interval", "over", "verdict"],
-                            align="llrrll", rows=[[c["probe"], f"{c['a']} − {c['b']}", *_comparison_cells(c),
-                                                   _verdict(c)] for c in comparisons]))
+                            header=["probe", "comparison", "difference", f"{pct}% interval", "over", "verdict",
+                                    "its size against the margin"],
+                            align="llrrlll", rows=[[c["probe"], f"{c['a']} − {c['b']}", *_comparison_cells(c),
+                                                    _verdict(c), c.get("size_verdict", "–")] for c in comparisons]))
     if probe.get("headline"):
         h = probe["headline"]
         difference, interval, design = _comparison_cells(h)
         blocks.append(Block("p", f"**Verdict ({h['probe']} probe, {h['a']} vs {h['b']}): {_verdict(h)}** "
                                  f"(difference {difference}, {pct}% interval {interval} over {design})."
+                                 f"{_size_sentence(h)}"
                                  if interval != "–" else f"**Verdict ({h['probe']}, {h['a']} vs {h['b']}): "
                                                          f"{_verdict(h)}**."))
     figures = [Block("figure", caption, path=probe["figures"][key]) for key, caption in (
@@ -203,6 +205,16 @@ def _probe_section(probe: dict | None) -> list[Block]:
                   "seed) and the interval the verdict rests on as a bar."),
         ("confusion", "Confusion matrix of the best probe (rows: true class).")) if probe.get("figures", {}).get(key)]
     return blocks + [Block("columns", "figures", children=figures)]
+
+
+def _size_sentence(comparison: dict) -> str:
+    """`` Against a margin of ±0.01: **codes and raw within ±0.01**. The study's claimed ...``, or empty for a
+    probe.json written before the margin."""
+    if "size_verdict" not in comparison:
+        return ""
+    claimed = study.claimed_sentence(comparison)
+    return (f" Against a margin of ±{comparison['margin']:g} (`--margin`): **{comparison['size_verdict']}**."
+            + (f" {claimed}" if claimed else ""))
 
 
 def study_comparisons(evaluation: dict | None, probe: dict | None) -> list[dict]:
@@ -253,7 +265,8 @@ def _study_section(evaluation: dict | None, probe: dict | None, comparisons: lis
             f"{study.ACCURACY['raw'] - study.ACCURACY['codes']:.4f}, in a single run each, which cannot separate them.")
     if probe and probe.get("headline"):
         h = probe["headline"]
-        note += f" Our paired comparison ({h['a']} − {h['b']}, {_comparison_cells(h)[2]}) says: {_verdict(h)}."
+        note += (f" Our paired comparison ({h['a']} − {h['b']}, {_comparison_cells(h)[2]}) says: {_verdict(h)}."
+                 + _size_sentence(h))
     return blocks + [Block("p", note)]
 
 
@@ -338,8 +351,9 @@ def _headline(config, metrics, evaluation, probe, comparisons) -> list[str]:
         h = probe["headline"]
         codes, raw = _probe_row(probe, h["a"], h["probe"]), _probe_row(probe, h["b"], h["probe"])
         accs = f" ({codes['mean']:.4f} vs {raw['mean']:.4f})" if codes and raw else ""
+        size = f"; {h['size_verdict']} (the margin, ±{h['margin']:g})" if "size_verdict" in h else ""
         items.append(f"**Features:** with the study's classifier ({_comparison_cells(h)[2]}), {h['a']} vs "
-                     f"{h['b']}{accs}: **{_verdict(h)}**.")
+                     f"{h['b']}{accs}: **{_verdict(h)}**{size}.")
     else:
         items.append("**Features:** the probe has not been run.")
     counts = {v: sum(c["verdict"] == v for c in comparisons) for v in (MATCHED, BEATEN, NOT_MATCHED)}
