@@ -351,7 +351,7 @@ def _headline(config, metrics, evaluation, probe, comparisons) -> list[str]:
         h = probe["headline"]
         codes, raw = _probe_row(probe, h["a"], h["probe"]), _probe_row(probe, h["b"], h["probe"])
         accs = f" ({codes['mean']:.4f} vs {raw['mean']:.4f})" if codes and raw else ""
-        size = f"; {h['size_verdict']} (the margin, ±{h['margin']:g})" if "size_verdict" in h else ""
+        size = f"; against a ±{h['margin']:g} margin, {h['size_verdict']}" if "size_verdict" in h else ""
         items.append(f"**Features:** with the study's classifier ({_comparison_cells(h)[2]}), {h['a']} vs "
                      f"{h['b']}{accs}: **{_verdict(h)}**{size}.")
     else:
