@@ -185,7 +185,8 @@ def _probe_section(probe: dict | None) -> list[Block]:
     comparisons = probe.get("comparisons", [])
     if comparisons:
         blocks.append(Block("table", "Paired differences (same classifier seeds, same split, same test images); a "
-                                     "difference is called only when its interval excludes zero.",
+                                     "difference is called only when its interval excludes zero, and its size "
+                                     "says where the same interval lies against ±margin.",
                             header=["probe", "comparison", "difference", f"{pct}% interval", "over", "verdict",
                                     "its size against the margin"],
                             align="llrrlll", rows=[[c["probe"], f"{c['a']} − {c['b']}", *_comparison_cells(c),
