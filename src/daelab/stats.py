@@ -4,11 +4,11 @@ daelab never reports one run of a random procedure as a result. A number comes w
 sample standard deviation and a Student-t confidence interval over ``n`` repetitions (seeds), and a
 comparison between two settings is made on the *paired* per-seed differences (same seed -> same
 initialisation and sample order where the two settings allow it), whose interval decides the
-verdict: a difference is only called when its interval excludes zero. Whether it does can turn on the
-last digit where the difference sits near the interval's width, so :func:`size_verdict` also says
-what the same interval claims of the difference's *size* against a practical margin (is it within
-+-0.01 of zero, beyond it, or not known to be either), a claim that does not turn on a last digit
-when the interval lies well inside or outside the margin. A probe's comparison has
+verdict: a difference is only called when its interval excludes zero. Where the difference lies about
+one half-width from zero, whether it does turns on the last digits of the trained weights, so
+:func:`size_verdict` also says what the same interval claims of the difference's *size* against a
+practical margin (within +-0.01 of zero, beyond it, or not known to be either), a claim that does
+not turn on them while the interval lies well inside or outside the margin. A probe's comparison has
 more sources of chance than its classifier seeds -- the trained DAE (its seed, and the CPU's
 arithmetic, which changes the codes) and the test images -- so :func:`hierarchical_bootstrap`
 takes all three into the interval from per-image correctness (:func:`hierarchical_interval` from real
