@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from daelab.errors import UsageError
+from daelab.stats import size_verdict
 from daelab.sweep._render import write_sweep_report
 from daelab.sweep._results import trial_metrics
 
@@ -28,7 +29,8 @@ def _comparison(probe: str, a: str, b: str, mean: float, half: float) -> dict:
             "interval": {"mean": mean, "lo": lo, "hi": hi, "se": half / 2, "df": 40.0, "std": half / 2,
                          "percentile": [lo, hi]},
             "interval_over": {"dae_seeds": 1, "classifier_seeds": 2, "test_images": 200},
-            "scope": "for this one trained DAE", "verdict": bare, "verdict_scoped": f"{bare} for this one trained DAE"}
+            "scope": "for this one trained DAE", "verdict": bare, "verdict_scoped": f"{bare} for this one trained DAE",
+            "margin": 0.01, "size_verdict": size_verdict({"lo": lo, "hi": hi}, 0.01, a, b)}
 
 
 def make_trial(run_dir: Path, diff: float = 0.01, half: float = 0.004, psnr: float = 20.0,
@@ -184,6 +186,13 @@ def test_the_best_trial_and_the_curve_data_follow_the_trials(tmp_path):
     # The verdicts keep the interval's scope; the study's choice is placed among the trials.
     assert "codes better for this one trained DAE" in page and "codes better for this one trained DAE" in markdown
     assert any("study's choice" in item and "rank" in item for item in data["headline"])
+    # and how many trials' intervals lie within the probe's margin, beyond it, or across it
+    sizes = [size_verdict({"lo": _diff(k, v) - 0.003, "hi": _diff(k, v) + 0.003}, 0.01) for k in KINDS for v in LEVELS]
+    within, beyond = sum("within" in x for x in sizes), sum("by more than" in x for x in sizes)
+    assert 0 < within < len(sizes) or 0 < beyond < len(sizes)  # the fixture spans more than one answer
+    counted = next(item for item in data["headline"] if "Against the probe's margin" in item)
+    assert (f"within it in **{within}**, beyond it in **{beyond}**, not ruled out either way in "
+            f"**{len(sizes) - within - beyond}** of {len(sizes)}.") in counted
 
 
 def test_every_trial_is_listed_with_its_state_and_unfinished_ones_do_not_crash(tmp_path):

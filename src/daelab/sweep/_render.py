@@ -186,6 +186,19 @@ def _verdict_counts(done: list[dict]) -> dict:
     return counts
 
 
+def _size_counts(done: list[dict]) -> str:
+    """`` Against the probe's margin (±0.01): within it in **K**, ...``, over the trials whose probe.json has one."""
+    sized = [t["metrics"]["codes_minus_raw"] for t in done if t["metrics"]["codes_minus_raw"].get("size")]
+    margins = {value["margin"] for value in sized}
+    if not sized or len(margins) != 1:  # none, or trials probed with different margins: no one sentence holds
+        return ""
+    shown = f"{margins.pop():g}"
+    within = sum(value["size"].endswith(f"within ±{shown}") for value in sized)
+    beyond = sum("by more than" in value["size"] for value in sized)
+    return (f" Against the probe's margin (±{shown}): within it in **{within}**, beyond it in **{beyond}**, "
+            f"not ruled out either way in **{len(sized) - within - beyond}** of {len(sized)}.")
+
+
 def headline(trials: list[dict], best: dict, layout: Layout) -> list[str]:
     """The sentences at the top: how far the sweep is, its best trial, where the study's choice stands."""
     done = [t for t in _complete(trials) if t["metrics"]["codes_minus_raw"]]
@@ -202,7 +215,8 @@ def headline(trials: list[dict], best: dict, layout: Layout) -> list[str]:
     counts = _verdict_counts(done)
     items.append(f"Codes vs raw pixels (mlp probe), each trial for its one trained DAE: codes better in "
                  f"**{counts['codes better']}**, raw better in **{counts['raw better']}**, no detectable "
-                 f"difference in **{counts['no detectable difference']}** of {len(done)} trials.")
+                 f"difference in **{counts['no detectable difference']}** of {len(done)} trials."
+                 + _size_counts(done))
     top = best["codes_minus_raw"]
     items.append(f"Largest codes - raw difference: trial `{top['key']}` ({_settings(top['params'])}), "
                  f"{_ci(top['codes_minus_raw'])}: {top['codes_minus_raw']['verdict']}.")

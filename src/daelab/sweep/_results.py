@@ -42,7 +42,8 @@ def trial_metrics(run_dir: str | os.PathLike) -> dict:
     dict
         ``codes_minus_raw`` (the mlp probe's codes - raw test accuracy difference: ``mean``,
         ``lo``, ``hi`` of the interval over the probe's design, ``verdict`` -- the scoped
-        sentence -- and ``scope``), ``linear_codes_minus_raw`` and ``knn_codes_minus_raw`` (the
+        sentence -- ``scope``, and ``size`` and ``margin``: what the interval says against the probe's
+        margin, None in a probe.json from before it), ``linear_codes_minus_raw`` and ``knn_codes_minus_raw`` (the
         same for the shallow probes), each ``None`` when the probe did not run or did not compare
         codes with raw; ``accuracy`` (``{"codes": mean, "raw": mean}``, the mlp probe's test
         accuracies); ``psnr`` (``{noise spec: mean DAE PSNR in dB}`` in the evaluated order, ``None``
@@ -111,7 +112,8 @@ def _difference(comparison: dict) -> dict:
     interval = comparison.get("interval") or comparison
     return {"mean": _number(interval["mean"]), "lo": _number(interval["lo"]), "hi": _number(interval["hi"]),
             "verdict": str(comparison.get("verdict_scoped") or comparison["verdict"]),
-            "scope": comparison.get("scope")}
+            "scope": comparison.get("scope"), "size": comparison.get("size_verdict"),
+            "margin": comparison.get("margin")}
 
 
 def _best_val_loss(run_dir: Path) -> float | None:
