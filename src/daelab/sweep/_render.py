@@ -188,7 +188,8 @@ def _verdict_counts(done: list[dict]) -> dict:
 
 def _size_counts(done: list[dict]) -> str:
     """`` Against the probe's margin (±0.01): within it in **K**, ...``, over the trials whose probe.json has one."""
-    sized = [t["metrics"]["codes_minus_raw"] for t in done if t["metrics"]["codes_minus_raw"].get("size")]
+    sized = [t["metrics"]["codes_minus_raw"] for t in done
+             if not (t["metrics"]["codes_minus_raw"].get("size") or "undetermined").startswith("undetermined")]
     margins = {value["margin"] for value in sized}
     if not sized or len(margins) != 1:  # none, or trials probed with different margins: no one sentence holds
         return ""
