@@ -201,8 +201,10 @@ def test_probe_over_several_trained_daes(tmp_path, npz_data, capsys):
                      "--no-progress", "--epochs", "1", "--subset", "300", "--code-dim", "16", "--seed", str(seed)]) == 0
     capsys.readouterr()
     assert main(["probe", *map(str, runs), "--seeds", "2", "--epochs", "1", "--probes", "mlp",
-                 "--features", "codes,raw", "--no-progress"]) == 0
+                 "--features", "codes,raw", "--no-progress", "--margin", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "over 2 DAE(s) x 2 classifier seeds" in out and "over 2 trained DAEs" in out
     probe = json.loads((runs[0] / "probe.json").read_text())
+    assert probe["headline"]["margin"] == 0.02  # --margin reaches the comparisons, and the console says their size
+    assert f"against a margin of +-0.02 (--margin): {probe['headline']['size_verdict']}\n" in out
     assert probe["dae_seeds"] == [0, 1] and probe["interval_over"]["dae_seeds"] == 2

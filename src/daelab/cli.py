@@ -464,6 +464,8 @@ def _run_probe(args) -> int:
                 if o else f"{h['n']} {h['over']}")
         print(f"{h['probe']}: {h['a']} - {h['b']} = {i['mean']:+.4f}, {100 * report['level']:.0f}% interval "
               f"[{i['lo']:+.4f}, {i['hi']:+.4f}] over {over}: {h.get('verdict_scoped', h['verdict'])}")
+        if "size_verdict" in h:
+            print(f"against a margin of +-{h['margin']:g} (--margin): {h['size_verdict']}")
     print(f"wrote {Path(args.run_dir) / JSON_FILE}, {Path(args.run_dir) / MARKDOWN_FILE} and figures/")
     return 0
 
