@@ -190,6 +190,8 @@ def test_the_best_trial_and_the_curve_data_follow_the_trials(tmp_path):
     sizes = [size_verdict({"lo": _diff(k, v) - 0.003, "hi": _diff(k, v) + 0.003}, 0.01) for k in KINDS for v in LEVELS]
     within, beyond = sum("within" in x for x in sizes), sum("by more than" in x for x in sizes)
     assert 0 < within < len(sizes) or 0 < beyond < len(sizes)  # the fixture spans more than one answer
+    for answer in set(sizes):  # and each trial's row of the table gives its own
+        assert markdown.count(f"| {answer} |") == sizes.count(answer) and answer in page
     counted = next(item for item in data["headline"] if "Against the probe's margin" in item)
     assert (f"within it in **{within}**, beyond it in **{beyond}**, not ruled out either way in "
             f"**{len(sizes) - within - beyond}** of {len(sizes)}.") in counted

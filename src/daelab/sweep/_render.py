@@ -253,10 +253,12 @@ def _settings(params: dict) -> str:
     return ", ".join(f"{axis} = {_show(value)}" for axis, value in params.items()) or "no axes"
 
 
-TRIAL_HEADER = ["#", "state", "codes - raw (mlp) [95%]", "verdict", "linear", "kNN", "accuracy codes / raw",
+TRIAL_HEADER = ["#", "state", "codes - raw (mlp) [95%]", "verdict", "size, against the margin", "linear", "kNN",
+                "accuracy codes / raw",
                 "PSNR mean (dB)", "val loss", "time", "retries", "run"]
 TRIAL_CAPTION = ("★ the study's choice. Intervals and verdicts: the probe's, over classifier seeds x test images, "
-                 "for each trial's one trained DAE (a verdict with another scope says so). linear, kNN: codes - raw "
+                 "for each trial's one trained DAE (a verdict with another scope says so); size: where that "
+                 "interval lies against the probe's margin (--margin). linear, kNN: codes - raw "
                  "under those probes, * where the interval excludes 0 (intervals in the figure and sweep.json).")
 
 
@@ -268,7 +270,7 @@ def _mean(value: dict | None) -> str:
 
 
 def _align(layout: Layout) -> str:
-    return "ll" + "l" * len(layout.axes) + "rlrrlrrrrl"
+    return "ll" + "l" * len(layout.axes) + "rllrrlrrrrl"
 
 
 def _short_verdict(value: dict | None) -> str:
@@ -288,7 +290,8 @@ def _trial_cells(trial: dict, layout: Layout) -> list[str]:
                 f"{_number(m['accuracy']['codes'])} / {_number(m['accuracy']['raw'])}")
     return [("–" if trial["number"] is None else str(trial["number"])) + (" ★" if trial["study_choice"] else ""),
             state, *(_show(trial["params"].get(a, "–")) for a in layout.axes), _ci(m["codes_minus_raw"]),
-            _short_verdict(m["codes_minus_raw"]), _mean(m["linear_codes_minus_raw"]), _mean(m["knn_codes_minus_raw"]),
+            _short_verdict(m["codes_minus_raw"]), (m["codes_minus_raw"] or {}).get("size") or "–",
+            _mean(m["linear_codes_minus_raw"]), _mean(m["knn_codes_minus_raw"]),
             accuracy, _number(m["psnr_mean"], 2), _number(m["val_loss"], 5), _seconds(trial["seconds"]),
             str(trial["retries"] or 0)]
 
