@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 from daelab.seeds import bootstrap_rng
 
 NO_DIFFERENCE = "no detectable difference"
+NOTHING_RESAMPLED = "undetermined (nothing resampled)"  # a verdict or size from an interval that measured no spread
 # How hierarchical_bootstrap's interval is made (the key is its ``method`` argument).
 METHODS = {
     "t": "Student-t interval on the design's variance components (DAE seeds, classifier seeds, test images; each "
@@ -118,15 +119,30 @@ def verdict(difference: dict, a: str = "codes", b: str = "raw") -> str:
     return NO_DIFFERENCE
 
 
+def size_class(lo: float, hi: float, margin: float) -> str:
+    """Where an interval [lo, hi] lies against [-margin, +margin]: ``"within"``, ``"above"`` (lo > margin),
+    ``"below"`` (hi < -margin) or ``"across"`` (it crosses an end); ``margin`` > 0."""
+    if not margin > 0:
+        raise ValueError(f"the margin must be > 0, got {margin}")
+    if -margin <= lo and hi <= margin:
+        return "within"
+    if lo > margin:
+        return "above"
+    if hi < -margin:
+        return "below"
+    return "across"
+
+
 def size_verdict(interval: dict, margin: float, a: str = "codes", b: str = "raw") -> str:
-    """What an interval says of the size of a difference ``a - b`` against a practical ``margin``.
+    """What an interval says of the size of a difference ``a - b`` against a practical ``margin``
+    (:func:`size_class`, in words).
 
     ``"<a> and <b> within ±<margin>"`` when the interval lies inside [-margin, +margin] (the
     difference, whatever its sign, is smaller than the margin: an equivalence claim at the
     interval's level), ``"<a> better by more than <margin>"`` / ``"<b> better by more than
     <margin>"`` when it lies beyond one end, ``"a difference beyond ±<margin> not ruled out"`` when
-    it crosses an end, and ``"undetermined (nothing resampled)"`` when the interval measured no
-    spread (``interval_over`` with no ``resampled`` level).
+    it crosses an end, and :data:`NOTHING_RESAMPLED` when the interval measured no spread
+    (``interval_over`` with no ``resampled`` level).
 
     Parameters
     ----------
@@ -138,18 +154,12 @@ def size_verdict(interval: dict, margin: float, a: str = "codes", b: str = "raw"
     a, b : str
         Names of the two things compared.
     """
-    if not margin > 0:
-        raise ValueError(f"the margin must be > 0, got {margin}")
+    where = size_class(interval["lo"], interval["hi"], margin)
     if not interval.get("interval_over", {"resampled": True})["resampled"]:
-        return "undetermined (nothing resampled)"
+        return NOTHING_RESAMPLED
     shown = f"{margin:g}"
-    if -margin <= interval["lo"] and interval["hi"] <= margin:
-        return f"{a} and {b} within ±{shown}"
-    if interval["lo"] > margin:
-        return f"{a} better by more than {shown}"
-    if interval["hi"] < -margin:
-        return f"{b} better by more than {shown}"
-    return f"a difference beyond ±{shown} not ruled out"
+    return {"within": f"{a} and {b} within ±{shown}", "above": f"{a} better by more than {shown}",
+            "below": f"{b} better by more than {shown}", "across": f"a difference beyond ±{shown} not ruled out"}[where]
 
 
 def hierarchical_bootstrap(correct_a, correct_b, level: float = 0.95, n_boot: int = 2000, seed: int = 0,
@@ -374,7 +384,7 @@ def bootstrap_verdict(interval: dict, a: str = "codes", b: str = "raw", scoped: 
         Append the scope; False gives the bare phrase (the words :func:`verdict` uses).
     """
     if not interval["interval_over"]["resampled"]:
-        phrase = "undetermined (nothing resampled)"
+        phrase = NOTHING_RESAMPLED
     else:
         phrase = verdict({"lo": interval["lo"], "hi": interval["hi"], "n": 2}, a, b)
     return f"{phrase} {scope(interval['interval_over'])}" if scoped else phrase

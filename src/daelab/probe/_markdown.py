@@ -75,7 +75,7 @@ def format_markdown(report: dict) -> str:
             if "size_verdict" in h:  # probe.json of daelab before the margin has none
                 lines.append("")
                 lines.append(f"**Its size, against a margin of ±{h['margin']:g}: {h['size_verdict']}.** "
-                             f"{claimed_sentence(h)}")
+                             f"{claimed_sentence(h)}".rstrip())
         else:
             lines.append(f"**Headline ({h['probe']}, {h['a']} vs {h['b']}): {h['verdict']}** "
                          f"(difference {h['mean']:+.4f}, {pct}% interval [{h['lo']:+.4f}, {h['hi']:+.4f}]).")

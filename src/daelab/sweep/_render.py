@@ -27,6 +27,7 @@ from daelab.errors import UsageError
 from daelab.report._format import _seconds
 from daelab.report._render import Block, _cell, _inline, to_html, to_markdown
 from daelab.runs import write_json
+from daelab.stats import NOTHING_RESAMPLED, size_class
 from daelab.sweep._figures import plot_differences, plot_heatmap, plot_psnr
 from daelab.sweep._layout import STUDY_CHOICE, Layout, _is_study_choice, _same, _show, layout_of
 from daelab.sweep._results import DIFFERENCES, OBJECTIVE_METRIC, RANKED, missing_metrics, trial_metrics
@@ -189,14 +190,14 @@ def _verdict_counts(done: list[dict]) -> dict:
 def _size_counts(done: list[dict]) -> str:
     """`` Against the probe's margin (±0.01): within it in **K**, ...``, over the trials whose probe.json has one."""
     sized = [t["metrics"]["codes_minus_raw"] for t in done
-             if not (t["metrics"]["codes_minus_raw"].get("size") or "undetermined").startswith("undetermined")]
+             if t["metrics"]["codes_minus_raw"].get("size") not in (None, NOTHING_RESAMPLED)]
     margins = {value["margin"] for value in sized}
     if not sized or len(margins) != 1:  # none, or trials probed with different margins: no one sentence holds
         return ""
-    shown = f"{margins.pop():g}"
-    within = sum(value["size"].endswith(f"within ±{shown}") for value in sized)
-    beyond = sum("by more than" in value["size"] for value in sized)
-    return (f" Against the probe's margin (±{shown}): within it in **{within}**, beyond it in **{beyond}**, "
+    margin = margins.pop()
+    where = [size_class(value["lo"], value["hi"], margin) for value in sized]
+    within, beyond = where.count("within"), where.count("above") + where.count("below")
+    return (f" Against the probe's margin (±{margin:g}): within it in **{within}**, beyond it in **{beyond}**, "
             f"not ruled out either way in **{len(sized) - within - beyond}** of {len(sized)}.")
 
 
